@@ -2,11 +2,24 @@
 
 __version__ = "0.1.0"
 
+# Public names, imported on first use: torch and transformers are heavy and the CLI's --help needs neither.
+_LAZY = {
+    "evaluate": "evaluation",
+    "HeadPlan": "plan",
+    "convert": "convert",
+    "load": "convert",
+    "save": "convert",
+    "HybridOptions": "attention.options",
+    "HybridCache": "cache",
+}
+
 
 def __getattr__(name):
-    # the evaluation API pulls in torch and transformers; import it only when it is asked for
-    if name == "evaluate":
-        from .evaluation import evaluate
+    if name in _LAZY:
+        import importlib
 
-        return evaluate
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(name)
+
+
+__all__ = sorted(_LAZY)

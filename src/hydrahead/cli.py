@@ -48,6 +48,74 @@ def _eval(args) -> int:
     return 0
 
 
+def _convert(args) -> int:
+    import time
+
+    from .attention import HybridOptions
+    from .convert import convert, save
+    from .models import load_model, load_tokenizer
+    from .plan import HeadPlan
+
+    plan = HeadPlan.load(args.plan)
+    tokenizer = load_tokenizer(args.model)
+    start = time.perf_counter()
+    model = load_model(args.model)
+    plan.check_model(model.config)
+    options = HybridOptions(
+        fusion=args.fusion,
+        fa_position=args.fa_position,
+        gdn_mha=not args.gdn_shared_kv,
+        conv_size=args.conv_size,
+        logscale_length=args.logscale_length or getattr(model.config, "max_position_embeddings", 4096),
+    )
+    convert(model, plan, options)
+    out = save(model, args.out, tokenizer)
+    params = sum(p.numel() for p in model.parameters())
+    print(plan.summary())
+    print(f"options: {options.to_dict()}")
+    print(f"wrote {out} ({params / 1e6:.2f}M parameters) in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _generate(args) -> int:
+    import time
+
+    import torch
+
+    from .cache import cache_nbytes
+    from .convert import is_hybrid
+    from .models import load_model, load_tokenizer
+
+    if (args.prompt is None) == (args.prompt_file is None):
+        raise HydraheadError("give exactly one of --prompt TEXT or --prompt_file FILE")
+    if args.max_new_tokens <= 0:
+        raise HydraheadError(f"--max_new_tokens must be positive, got {args.max_new_tokens}")
+    prompt = args.prompt if args.prompt is not None else _read_text(args.prompt_file)
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model)
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        start = time.perf_counter()
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens,
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id, return_dict_in_generate=True)
+        seconds = time.perf_counter() - start
+    new = out.sequences[0, ids.shape[1]:]
+    print(tokenizer.decode(new, skip_special_tokens=True))
+    kind = "hybrid" if is_hybrid(model) else "original"
+    print(f"[{kind} model: {ids.shape[1]} prompt tokens, {len(new)} new tokens in {seconds:.2f} s; "
+          f"cache {cache_nbytes(out.past_key_values) / 1024:.1f} KiB]", file=sys.stderr)
+    return 0
+
+
+def _read_text(path) -> str:
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise HydraheadError(f"prompt file {path} does not exist")
+    return path.read_text()
+
+
 def _run_name(model_path) -> str:
     from pathlib import Path
 
@@ -105,6 +173,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--plot", action="store_true", help="write accuracy-vs-length and depth-heatmap PNGs")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=_eval)
+
+    cv = sub.add_parser("convert", help="convert a Qwen3 / Llama model into a head-wise hybrid following a plan")
+    cv.add_argument("--model", required=True, help="a local HF model directory")
+    cv.add_argument("--plan", required=True, help="a head plan JSON file")
+    cv.add_argument("--out", required=True, help="the hybrid's output directory")
+    cv.add_argument("--fusion", default="scale", choices=["scale", "concat", "gate"])
+    cv.add_argument("--fa_position", default="nope_logscale", choices=["nope_logscale", "rope"])
+    cv.add_argument("--gdn_shared_kv", action="store_true", help="GDN heads share their KV head's k/v (not MHA-like)")
+    cv.add_argument("--conv_size", type=int, default=4)
+    cv.add_argument("--logscale_length", type=int, help="keys before the FA query scale grows (default: max_position_embeddings)")
+    cv.set_defaults(func=_convert)
+
+    gn = sub.add_parser("generate", help="greedy continuation of a prompt (original or hybrid model)")
+    gn.add_argument("--model", required=True, help="a local HF model directory (original or hybrid)")
+    gn.add_argument("--prompt", help="the prompt text")
+    gn.add_argument("--prompt_file", help="a file holding the prompt")
+    gn.add_argument("--max_new_tokens", type=int, default=32)
+    gn.set_defaults(func=_generate)
 
     teacher = sub.add_parser("teacher", help="the small teacher model").add_subparsers(dest="teacher_command", required=True)
     tr = teacher.add_parser("train", help="train the teacher from scratch (resumes from OUT/training/checkpoint)")

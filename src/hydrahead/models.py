@@ -55,6 +55,10 @@ def load_model(path: str | os.PathLike, dtype=None, device: str | None = None):
     from transformers import AutoModelForCausalLM
 
     path = _model_dir(path)
+    if _is_hybrid_dir(path):
+        from .convert import load
+
+        return load(path, dtype, device)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype or torch.float32)
     except ValueError as e:
@@ -64,3 +68,10 @@ def load_model(path: str | os.PathLike, dtype=None, device: str | None = None):
     if device:
         model = model.to(device)
     return model.eval()
+
+
+def _is_hybrid_dir(path: Path) -> bool:
+    """A directory written by `hydrahead convert` (its config carries the head plan)."""
+    import json
+
+    return bool(json.loads((path / "config.json").read_text()).get("hydrahead"))

@@ -1,0 +1,81 @@
+"""The FA branch: softmax attention over the cached KV heads, optionally without RoPE and with a
+log-length query scale, and an output gate that starts as the identity."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .rope import apply_rope
+
+
+def eager_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Plain softmax attention, [B, H, T, D] in and [B, T, H, D] out, as transformers' eager path."""
+    groups = module.num_key_value_groups
+    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = torch.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+class FABranch(nn.Module):
+    """Softmax attention for `len(heads)` query heads over `len(kv_heads)` cached KV heads.
+
+    When every cached KV head serves the same number of FA query heads, the attention call runs as GQA on
+    the cache as is; otherwise the KV heads are gathered per query head (a copy, so plans at KV
+    granularity are cheaper at decode).
+    """
+
+    is_causal = True
+
+    def __init__(self, config, heads: list[int], kv_heads: list[int], group_size: int, position: str, logscale_length: int):
+        super().__init__()
+        self.config = config
+        self.num_heads = len(heads)
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.position = position
+        self.log_base = math.log(logscale_length)
+        per_kv = [sum(1 for h in heads if h // group_size == kv) for kv in kv_heads]
+        self.uniform = len(set(per_kv)) <= 1
+        self.num_key_value_groups = per_kv[0] if per_kv and self.uniform else 1
+        self.kv_index = [kv_heads.index(h // group_size) for h in heads]  # FA query head -> cached KV slot
+        self.attention_dropout = getattr(config, "attention_dropout", 0.0)
+        self.sliding_window = None  # sliding-window layers are refused at conversion
+        if position == "nope_logscale":
+            self.logscale_slope = nn.Parameter(torch.ones(self.num_heads))
+
+    def query_scale(self, position_ids: torch.Tensor, dtype) -> torch.Tensor:
+        """[B or 1, T, H, 1]: 1 up to `logscale_length` keys, then 1 + slope * (log n / log L - 1)."""
+        n = (position_ids.float() + 1).clamp(min=1)
+        excess = torch.relu(n.log() / self.log_base - 1)  # [B, T]
+        return (1 + excess[..., None] * self.logscale_slope.float())[..., None].to(dtype)
+
+    def forward(self, q, k, v, gate, cos, sin, position_ids, attention_mask, state, **kwargs):
+        """q: [B, T, H_fa, D]; k, v: [B, T, H_kv, D]; gate: [B, T, H_fa * D] logits. Returns [B, T, H_fa, D]."""
+        if self.position == "rope":
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        else:
+            q = q * self.query_scale(position_ids, q.dtype)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
+        if state is not None:
+            k, v = state.update(k, v)
+        if not self.uniform:
+            index = torch.tensor(self.kv_index, device=k.device)
+            k, v = k.index_select(1, index), v.index_select(1, index)
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention)
+        out, _ = attention(
+            self, q, k, v, attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            sliding_window=self.sliding_window,
+            **kwargs,
+        )
+        # 2 * sigmoid(0) == 1 exactly: a zero-initialised gate projection leaves the branch unchanged
+        return out * (2 * torch.sigmoid(gate.view_as(out)))

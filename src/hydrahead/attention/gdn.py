@@ -1,0 +1,76 @@
+"""The GDN branch: short causal conv, RoPE, learned decay and write strength, the gated delta rule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops import gated_delta_rule
+from .rope import apply_rope
+
+
+class GDNBranch(nn.Module):
+    """Gated DeltaNet for `num_heads` query heads that share nothing but the layer input.
+
+    The conv starts as the identity (one tap on the current token) and has no activation, so that a
+    converted head starts from exactly the pretrained q/k/v; the decay and write gates are new.
+    """
+
+    def __init__(self, num_heads: int, num_kv: int, head_dim: int, conv_size: int):
+        super().__init__()
+        self.num_heads, self.num_kv, self.head_dim, self.conv_size = num_heads, num_kv, head_dim, conv_size
+        channels = (num_heads + 2 * num_kv) * head_dim
+        self.conv = nn.Parameter(torch.zeros(channels, 1, conv_size))  # depthwise [C, 1, conv_size]
+        self.A_log = nn.Parameter(torch.empty(num_heads))
+        self.dt_bias = nn.Parameter(torch.empty(num_heads))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        self.conv.zero_()
+        self.conv[:, 0, -1] = 1.0
+        # Mamba-style: per-token decay exp(-A * dt) with A in [1, 16] and dt log-uniform in [1e-3, 1e-1]
+        self.A_log.copy_(torch.empty_like(self.A_log).uniform_(1, 16).log())
+        dt = torch.exp(torch.empty_like(self.dt_bias).uniform_(math.log(1e-3), math.log(1e-1)))
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+
+    def forward(self, qkv, a, b, cos, sin, valid, state, q_norm=None, k_norm=None, kv_index=None):
+        """qkv: [B, T, C] projected q|k|v; a, b: [B, T, H]; cos/sin: [B, T, D]; valid: [B, T] bool or None.
+
+        `state` is the layer's cache entry (a HybridLayer) or None. Returns [B, T, H, D].
+        """
+        B, T, _ = qkv.shape
+        if valid is not None:
+            # padded tokens must leave no trace: no conv input, no decay, no write
+            qkv = qkv * valid[..., None].to(qkv.dtype)
+        history = None if state is None else state.conv_state
+        if history is None:
+            history = qkv.new_zeros(B, qkv.shape[-1], self.conv_size - 1)
+        full = torch.cat([history, qkv.transpose(1, 2)], dim=-1)  # [B, C, conv_size - 1 + T]
+        mixed = F.conv1d(full, self.conv.to(full.dtype), groups=full.shape[1]).transpose(1, 2)  # [B, T, C]
+
+        d = self.head_dim
+        q, k, v = mixed.split([self.num_heads * d, self.num_kv * d, self.num_kv * d], dim=-1)
+        q, k, v = (x.reshape(B, T, -1, d) for x in (q, k, v))
+        if q_norm is not None:
+            q, k = q_norm(q), k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv_index is not None:  # shared (not MHA-like) k/v: one copy per KV head, expanded to the query heads
+            k, v = k[:, :, kv_index], v[:, :, kv_index]
+
+        g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias.float())  # [B, T, H], log decay
+        beta = torch.sigmoid(b.float())
+        if valid is not None:
+            g, beta = g * valid[..., None], beta * valid[..., None]
+
+        initial = None if state is None else state.recurrent_state
+        out, final = gated_delta_rule(
+            q, k, v, g=g, beta=beta, initial_state=initial, output_final_state=state is not None, use_qk_l2norm=True
+        )
+        if state is not None:
+            state.conv_state = full[..., full.shape[-1] - (self.conv_size - 1):]
+            state.recurrent_state = final
+        return out

@@ -1,0 +1,261 @@
+"""The head plan: for every layer, which query heads keep full attention (FA) and which run Gated DeltaNet.
+
+A plan is tied to a model shape (layers, query heads, KV heads, head_dim). Its KV cost follows GQA: a KV
+head is cached if any query head of its group runs FA. At `query` granularity heads are chosen one by
+one (as the paper does); at `kv` granularity whole KV groups are FA or GDN, which is what saves cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import HydraheadError
+
+FORMAT = "hydrahead.plan/1"
+GRANULARITIES = ("query", "kv")
+GDN_STATE_BYTES_PER_VALUE = 4  # the recurrent state is kept in float32
+
+
+class PlanError(HydraheadError):
+    pass
+
+
+_DTYPE_BYTES = {
+    "float32": 4, "fp32": 4, "float": 4,
+    "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2, "half": 2,
+    "float8": 1, "fp8": 1, "float8_e4m3fn": 1,
+}
+
+
+def dtype_bytes(dtype) -> int:
+    """Bytes per element of a torch dtype or its name ('bf16', 'float32', 'fp8', ...)."""
+    if hasattr(dtype, "itemsize"):
+        return int(dtype.itemsize)
+    name = str(dtype).removeprefix("torch.")
+    if name not in _DTYPE_BYTES:
+        raise PlanError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPE_BYTES)}")
+    return _DTYPE_BYTES[name]
+
+
+@dataclass
+class ModelShape:
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+    @classmethod
+    def of(cls, config) -> ModelShape:
+        """The attention shape of an HF config (Qwen3, Llama and their kin)."""
+        heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        return cls(config.num_hidden_layers, heads, kv_heads, head_dim)
+
+    @property
+    def group_size(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    def describe(self) -> str:
+        return (
+            f"{self.num_layers} layers x {self.num_heads} query heads "
+            f"({self.num_kv_heads} KV heads, head_dim {self.head_dim})"
+        )
+
+
+@dataclass
+class HeadPlan:
+    """Per layer, the sorted query-head indices that run FA; every other head runs GDN."""
+
+    shape: ModelShape
+    fa_heads: list[list[int]]
+    granularity: str = "query"
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.fa_heads = [sorted(int(h) for h in layer) for layer in self.fa_heads]
+        self.validate()
+
+    # ---- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config, fa_heads, granularity: str = "query", **meta) -> HeadPlan:
+        return cls(ModelShape.of(config), [list(layer) for layer in fa_heads], granularity, dict(meta))
+
+    @classmethod
+    def full_attention(cls, config) -> HeadPlan:
+        """Every head FA: the original model, expressed as a plan."""
+        shape = ModelShape.of(config)
+        return cls(shape, [list(range(shape.num_heads))] * shape.num_layers, "kv", {"strategy": "full_attention"})
+
+    @classmethod
+    def all_gdn(cls, config) -> HeadPlan:
+        shape = ModelShape.of(config)
+        return cls(shape, [[] for _ in range(shape.num_layers)], "kv", {"strategy": "all_gdn"})
+
+    @classmethod
+    def layerwise(cls, config, fa_layers) -> HeadPlan:
+        """Whole layers FA (a layer-wise hybrid such as 3:1), the rest all GDN."""
+        shape = ModelShape.of(config)
+        fa_layers = set(fa_layers)
+        bad = sorted(layer for layer in fa_layers if not 0 <= layer < shape.num_layers)
+        if bad:
+            raise PlanError(f"layer index {bad[0]} out of range: the model has {shape.num_layers} layers")
+        heads = [list(range(shape.num_heads)) if layer in fa_layers else [] for layer in range(shape.num_layers)]
+        return cls(shape, heads, "kv", {"strategy": "layerwise"})
+
+    # ---- checks -------------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        s = self.shape
+        if self.granularity not in GRANULARITIES:
+            raise PlanError(f"granularity must be one of {GRANULARITIES}, not {self.granularity!r}")
+        if s.num_heads % s.num_kv_heads:
+            raise PlanError(f"{s.num_heads} query heads cannot be shared by {s.num_kv_heads} KV heads")
+        if len(self.fa_heads) != s.num_layers:
+            raise PlanError(f"the plan lists {len(self.fa_heads)} layers but its model has {s.num_layers}")
+        for layer, heads in enumerate(self.fa_heads):
+            bad = [h for h in heads if not 0 <= h < s.num_heads]
+            if bad:
+                raise PlanError(f"layer {layer}: head index {bad[0]} out of range (0..{s.num_heads - 1})")
+            if len(set(heads)) != len(heads):
+                raise PlanError(f"layer {layer}: a head is listed twice in {heads}")
+            if self.granularity == "kv":
+                for kv in self.fa_kv_heads(layer):
+                    group = set(self.group(kv))
+                    if not group <= set(heads):
+                        raise PlanError(
+                            f"layer {layer}: at kv granularity KV group {kv} (query heads {sorted(group)}) must be "
+                            f"all FA or all GDN, but only {sorted(group & set(heads))} are FA"
+                        )
+
+    def check_model(self, config) -> None:
+        """Raise unless this plan was made for a model of `config`'s shape."""
+        other = ModelShape.of(config)
+        if other != self.shape:
+            raise PlanError(f"the plan is for a model with {self.shape.describe()}; this model has {other.describe()}")
+
+    # ---- per layer ----------------------------------------------------------------------------
+
+    def group(self, kv_head: int) -> list[int]:
+        g = self.shape.group_size
+        return list(range(kv_head * g, (kv_head + 1) * g))
+
+    def gdn_heads(self, layer: int) -> list[int]:
+        fa = set(self.fa_heads[layer])
+        return [h for h in range(self.shape.num_heads) if h not in fa]
+
+    def fa_kv_heads(self, layer: int) -> list[int]:
+        """The KV heads of `layer` that must be cached: those with at least one FA query head."""
+        return sorted({h // self.shape.group_size for h in self.fa_heads[layer]})
+
+    def gdn_kv_heads(self, layer: int) -> list[int]:
+        """The KV heads whose k/v projections feed this layer's GDN heads."""
+        return sorted({h // self.shape.group_size for h in self.gdn_heads(layer)})
+
+    def kinds(self, layer: int) -> list[str]:
+        fa = set(self.fa_heads[layer])
+        return ["fa" if h in fa else "gdn" for h in range(self.shape.num_heads)]
+
+    # ---- totals -------------------------------------------------------------------------------
+
+    @property
+    def num_fa(self) -> int:
+        return sum(len(heads) for heads in self.fa_heads)
+
+    @property
+    def num_gdn(self) -> int:
+        return self.shape.num_layers * self.shape.num_heads - self.num_fa
+
+    @property
+    def ratio(self) -> str:
+        """GDN:FA query heads, the paper's LA:FA ratio ('7:1'; 'all FA' / 'all GDN' at the ends)."""
+        if self.num_gdn == 0:
+            return "all FA"
+        if self.num_fa == 0:
+            return "all GDN"
+        value = self.num_gdn / self.num_fa
+        return f"{value:g}:1" if value == int(value) else f"{value:.2f}:1"
+
+    def kv_bytes_per_token(self, dtype="bfloat16") -> int:
+        """Bytes the FA heads add to the KV cache for every token (keys and values, all layers)."""
+        kv_heads = sum(len(self.fa_kv_heads(layer)) for layer in range(self.shape.num_layers))
+        return kv_heads * 2 * self.shape.head_dim * dtype_bytes(dtype)
+
+    def full_kv_bytes_per_token(self, dtype="bfloat16") -> int:
+        """The same figure for the original model (every KV head cached)."""
+        return self.shape.num_layers * self.shape.num_kv_heads * 2 * self.shape.head_dim * dtype_bytes(dtype)
+
+    def gdn_state_bytes(self, batch_size: int = 1, conv_size: int = 4, mha: bool = True, dtype="bfloat16") -> int:
+        """Fixed bytes of the GDN states, whatever the length: float32 [K, V] per GDN head plus conv history.
+
+        The conv keeps `conv_size - 1` past inputs of every q, k and v channel; with `mha` each GDN query
+        head has its own k and v, otherwise it shares those of its KV head.
+        """
+        d = self.shape.head_dim
+        total = 0
+        for layer in range(self.shape.num_layers):
+            n_q = len(self.gdn_heads(layer))
+            if n_q == 0:
+                continue
+            n_kv = n_q if mha else len(self.gdn_kv_heads(layer))
+            total += n_q * d * d * GDN_STATE_BYTES_PER_VALUE
+            total += (n_q + 2 * n_kv) * d * (conv_size - 1) * dtype_bytes(dtype)
+        return total * batch_size
+
+    def summary(self, dtype="bfloat16") -> str:
+        lines = [
+            f"head plan for {self.shape.describe()}, granularity {self.granularity}",
+            f"  {self.num_fa} FA / {self.num_gdn} GDN query heads (GDN:FA {self.ratio})",
+            f"  KV cache {self.kv_bytes_per_token(dtype)} B/token ({dtype}); original "
+            f"{self.full_kv_bytes_per_token(dtype)} B/token; GDN state {self.gdn_state_bytes(dtype=dtype)} B",
+        ]
+        for layer in range(self.shape.num_layers):
+            kinds = "".join("F" if k == "fa" else "." for k in self.kinds(layer))
+            lines.append(f"  layer {layer:3d}  {kinds}  FA heads {self.fa_heads[layer]}  cached KV {self.fa_kv_heads(layer)}")
+        return "\n".join(lines)
+
+    # ---- JSON ---------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "model": vars(self.shape).copy(),
+            "granularity": self.granularity,
+            "fa_heads": self.fa_heads,
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "plan") -> HeadPlan:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise PlanError(f"{source} is not a hydrahead head plan (expected \"format\": \"{FORMAT}\")")
+        try:
+            shape = ModelShape(**data["model"])
+            return cls(shape, data["fa_heads"], data.get("granularity", "query"), data.get("meta", {}))
+        except (KeyError, TypeError) as e:
+            raise PlanError(f"{source}: malformed head plan ({e!r})") from None
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(self.to_dict(), indent=1)
+        # one line per layer: collapse the innermost lists of head indices
+        text = re.sub(r"\[[\d,\s]*\]", lambda m: json.dumps(json.loads(m.group(0))), text)
+        path.write_text(text + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> HeadPlan:
+        path = Path(path)
+        if not path.is_file():
+            raise PlanError(f"plan file {path} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise PlanError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(data, str(path))
