@@ -11,6 +11,7 @@ GDN states of the given length, so no prefill is needed to measure them.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -46,7 +47,7 @@ def plans(config) -> dict[str, HeadPlan | None]:
 
 def build(config, plan, dtype):
     torch.manual_seed(0)
-    model = Qwen3ForCausalLM(config).to(dtype).eval()
+    model = Qwen3ForCausalLM(copy.deepcopy(config)).to(dtype).eval()  # convert() writes the plan into the config
     if plan is not None:
         convert(model, plan, HybridOptions(logscale_length=config.max_position_embeddings))
     return model
