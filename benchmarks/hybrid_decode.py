@@ -108,10 +108,10 @@ def main():
     lengths = [int(x) for x in args.lengths.split(",")]
     config = qwen3_06b_like(args.layers)
     print(f"Qwen3-0.6B-like, {args.layers} of 28 layers, {args.dtype}, {torch.get_num_threads()} threads")
-    rows, results = [], {}
+    results = {}
+    full = HeadPlan.full_attention(config)
     for name, plan in plans(config).items():
         model = build(config, plan, dtype)
-        full = HeadPlan.full_attention(config)
         kv_per_token = (plan or full).kv_bytes_per_token(torch.bfloat16)
         state = plan.gdn_state_bytes(dtype=torch.bfloat16) if plan else 0
         entry = {"kv_bytes_per_token_bf16": kv_per_token, "gdn_state_bytes_bf16": state, "decode_ms": {}}
@@ -137,7 +137,6 @@ def main():
         cells += [f"{e['decode_ms'][n]:.2f} ({base['decode_ms'][n] / e['decode_ms'][n]:.2f}x)" for n in lengths]
         if args.prefill:
             cells.append(f"{e['prefill_s']:.2f} ({base['prefill_s'] / e['prefill_s']:.2f}x)")
-        rows.append(cells)
         print("| " + " | ".join(cells) + " |")
     print("(x) = speed-up over the original model in the same run; KV bytes are per token per layer")
     if args.json:

@@ -30,11 +30,7 @@ class HybridLayer(DynamicLayer):
         return self.tokens + query_length, 0
 
     def nbytes(self) -> int:
-        tensors = (self.keys, self.values, self.conv_state, self.recurrent_state)
-        return sum(t.numel() * t.element_size() for t in tensors if t is not None and t.numel())
-
-    def kv_nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.keys, self.values) if t is not None and t.numel())
+        return _nbytes(self.keys, self.values, self.conv_state, self.recurrent_state)
 
     def reset(self) -> None:
         super().reset()
@@ -102,10 +98,9 @@ def hybrid_layer(cache: Cache, layer_idx: int) -> HybridLayer:
 
 def cache_nbytes(cache: Cache) -> int:
     """The bytes a cache holds: keys and values, plus GDN states for hybrid layers."""
-    total = 0
-    for layer in cache.layers:
-        if isinstance(layer, HybridLayer):
-            total += layer.nbytes()
-        else:
-            total += sum(t.numel() * t.element_size() for t in (layer.keys, layer.values) if t is not None)
-    return total
+    return sum(layer.nbytes() if isinstance(layer, HybridLayer) else _nbytes(layer.keys, layer.values)
+               for layer in cache.layers)
+
+
+def _nbytes(*tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)

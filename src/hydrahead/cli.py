@@ -60,7 +60,6 @@ def _convert(args) -> int:
     tokenizer = load_tokenizer(args.model)
     start = time.perf_counter()
     model = load_model(args.model)
-    plan.check_model(model.config)
     options = HybridOptions(
         fusion=args.fusion,
         fa_position=args.fa_position,

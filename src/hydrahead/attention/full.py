@@ -9,19 +9,10 @@ import torch
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+# Qwen3's is the same function; both read module.num_key_value_groups
+from transformers.models.llama.modeling_llama import eager_attention_forward
+
 from .rope import apply_rope
-
-
-def eager_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """Plain softmax attention, [B, H, T, D] in and [B, T, H, D] out, as transformers' eager path."""
-    groups = module.num_key_value_groups
-    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        weights = weights + attention_mask
-    weights = torch.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
-    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
 
 class FABranch(nn.Module):
@@ -67,9 +58,9 @@ class FABranch(nn.Module):
         if state is not None:
             k, v = state.update(k, v)
         if not self.uniform:
-            index = torch.tensor(self.kv_index, device=k.device)
+            index = torch.as_tensor(self.kv_index, device=k.device)
             k, v = k.index_select(1, index), v.index_select(1, index)
-        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention)
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         out, _ = attention(
             self, q, k, v, attention_mask,
             dropout=self.attention_dropout if self.training else 0.0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
 
@@ -68,7 +69,9 @@ class HybridAttention(nn.Module):
         if options.fusion == "scale":
             self.gamma = nn.Parameter(torch.ones(h))
         self.norm_eps = config.rms_norm_eps
-        self.head_order = [(self.fa_heads + self.gdn_heads).index(i) for i in range(h)]
+        order = [(self.fa_heads + self.gdn_heads).index(i) for i in range(h)]
+        # FA heads come out first; a gather puts them back unless that already is the original order
+        self.head_order = None if order == list(range(h)) else order
         with torch.no_grad():
             self.rows("fa_gate").zero_()
             self.rows("head_gate").zero_()
@@ -107,11 +110,13 @@ class HybridAttention(nn.Module):
                 for name in ("fa_q", "fa_k", "fa_v"):
                     module.rows(name, bias).copy_(take[name])
                 module.rows("gdn_qkv", bias).copy_(torch.cat([take["gdn_q"], take["gdn_k"], take["gdn_v"]]))
-                for name in ("fa_gate", "head_gate"):
+                for name in ("fa_gate", "head_gate"):  # the identity at conversion
                     module.rows(name, bias).zero_()
                 for name in ("gdn_a", "gdn_b"):
-                    target = module.rows(name, bias)
-                    target.zero_() if bias else target.normal_(0, std)
+                    if bias:
+                        module.rows(name, bias).zero_()
+                    else:
+                        module.rows(name, bias).normal_(0, std)
         module.o_proj = attn.o_proj
         if qk_norm:
             module.q_norm, module.k_norm = attn.q_norm, attn.k_norm
@@ -145,7 +150,8 @@ class HybridAttention(nn.Module):
         if state is not None:
             state.tokens += T
         heads = torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]  # [B, T, H, D], FA heads first
-        heads = heads[:, :, self.head_order]
+        if self.head_order is not None:
+            heads = heads[:, :, self.head_order]
         heads = self.fuse(heads, parts["head_gate"])
         return self.o_proj(heads.reshape(B, T, -1)), None
 
@@ -153,8 +159,7 @@ class HybridAttention(nn.Module):
         """[B, T, H, D] -> [B, T, H, D]: concat as is, or RMS-normalise each head, then scale or gate it."""
         if self.options.fusion == "concat":
             return heads
-        x = heads.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.norm_eps)
+        x = F.rms_norm(heads.float(), (self.head_dim,), eps=self.norm_eps)
         if self.options.fusion == "scale":
             x = x * self.gamma.float()[:, None]
         else:  # gate: heads compete for a fixed total weight; uniform (1 each) at initialisation
