@@ -106,6 +106,117 @@ def _generate(args) -> int:
     return 0
 
 
+def _score(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .models import load_model, load_tokenizer
+    from .plots import plot_head_scores
+    from .selection import ScoreConfig, SelectionError, partial_path, score_heads
+    from .selection.scores import parse_weights
+
+    config = ScoreConfig(
+        behaviours=[b.strip() for b in args.behaviours.split(",") if b.strip()], length=args.length,
+        num_pairs=args.num_pairs, seed=args.seed, direction=args.direction, receivers=args.receivers,
+        attribution_top=args.attribution_top, retrieval_samples=args.retrieval_samples, max_tokens=args.max_tokens,
+    )
+    config.check()
+    weights = parse_weights(args.weights)
+    unknown = sorted(set(weights) - set(config.behaviours))
+    if unknown:
+        raise SelectionError(f"--weights names {unknown[0]!r}, which is not among --behaviours")
+    out = Path(args.out)
+    partial = partial_path(out)
+    if partial.is_file():
+        done = sum(len(s) for b in json.loads(partial.read_text()).get("effects", {}).values() for s in b.values())
+        print(f"resuming from {partial} ({done} units already scored)", file=sys.stderr)
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model)
+    try:
+        scores = score_heads(model, tokenizer, config, str(args.model), partial, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"hydrahead: interrupted; the scores so far are in {partial}; run the same command to resume",
+              file=sys.stderr)
+        return 130
+    scores.weights = weights
+    scores.save(out)
+    partial.unlink(missing_ok=True)
+    print("| behaviour | clean LD | corrupted LD | top receivers (effect) | top senders (path effect) |")
+    print("|---|---:|---:|---|---|")
+    for name, b in scores.behaviours.items():
+        rec = ", ".join(f"L{l}H{h} {b.activation[l, h]:.2f}" for l, h in b.receivers)
+        order = sorted(((l, h) for l in range(b.path.shape[0]) for h in range(b.path.shape[1])),
+                       key=lambda lh: -abs(b.path[lh]))[:3]
+        send = ", ".join(f"L{l}H{h} {b.path[l, h]:.2f}" for l, h in order)
+        print(f"| {name} | {b.clean_ld:.2f} | {b.corrupt_ld:.2f} | {rec} | {send} |")
+    ranking = scores.ranking()
+    print("fused ranking: " + " ".join(f"L{l}H{h}" for l, h in ranking[: min(12, len(ranking))]) + " ...")
+    print(f"wrote {out} in {scores.seconds:.1f} s")
+    if args.plot:
+        print(f"plot: {plot_head_scores(scores, Path(args.plot))}")
+    return 0
+
+
+def _plan(args) -> int:
+    from .models import _model_dir
+    from .plan import ModelShape
+    from .selection import Scores, SelectionError, make_plan
+    from .selection.scores import parse_weights
+
+    if args.scores is None and args.model is None:
+        raise SelectionError("give --scores FILE (from `hydrahead score`) or, for layerwise / random plans, --model DIR")
+    scores = Scores.load(args.scores) if args.scores else None
+    if scores is not None and args.weights:
+        scores.weights = parse_weights(args.weights)
+    if scores is not None:
+        shape = scores.shape
+    else:
+        from transformers import AutoConfig
+
+        shape = ModelShape.of(AutoConfig.from_pretrained(_model_dir(args.model), local_files_only=True))
+    ratio = args.ratio or (None if args.kv_budget else "7:1")
+    plan = make_plan(shape, args.strategy, ratio, args.granularity, args.kv_budget, args.dtype, scores,
+                     args.per_layer, args.seed)
+    if args.scores:
+        plan.meta["scores"] = str(args.scores)
+    out = plan.save(args.out)
+    print(plan.summary(args.dtype))
+    print(f"wrote {out}")
+    return 0
+
+
+def _ablate(args) -> int:
+    import json
+
+    from .evaluation import new_results_dir
+    from .models import load_model, load_tokenizer
+    from .plots import plot_ablation
+    from .selection import Scores, SelectionError, ablation_curve
+
+    ks = sorted({int(k) for k in args.ks.split(",")})
+    scores = Scores.load(args.scores)
+    total = scores.shape.num_layers * scores.shape.num_heads
+    if ks[0] < 1 or ks[-1] > total:
+        raise SelectionError(f"--ks must lie in 1..{total} (the model's query heads), got {args.ks}")
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model)
+    from .plan import ModelShape
+
+    if ModelShape.of(model.config) != scores.shape:
+        raise SelectionError(f"{args.scores} scores a model with {scores.shape.describe()}, not {args.model}")
+    curve = ablation_curve(model, tokenizer, scores.ranking(), ks, args.random_seeds, args.task, args.length,
+                           args.limit, args.seed, progress=not args.quiet)
+    print(f"{args.task} at {args.length} tokens, {args.limit} samples, mean ablation of {args.model}")
+    print(curve.table())
+    if args.output_path:
+        folder = new_results_dir(args.output_path, _run_name(args.model))
+        (folder / "ablation.json").write_text(json.dumps(vars(curve), indent=1))
+        (folder / "ablation.md").write_text(curve.table() + "\n")
+        print(f"results: {folder}")
+        print(f"plot: {plot_ablation(curve, folder / 'ablation.png')}")
+    return 0
+
+
 def _read_text(path) -> str:
     from pathlib import Path
 
@@ -190,6 +301,54 @@ def build_parser() -> argparse.ArgumentParser:
     gn.add_argument("--prompt_file", help="a file holding the prompt")
     gn.add_argument("--max_new_tokens", type=int, default=32)
     gn.set_defaults(func=_generate)
+
+    sc = sub.add_parser("score", help="score every attention head by activation and path patching")
+    sc.add_argument("--model", required=True, help="a local HF model directory (the original Transformer)")
+    sc.add_argument("--behaviours", "--behaviors", default="retrieval,multikey,induction",
+                    help="comma-separated: retrieval, multikey, induction, vt")
+    sc.add_argument("--length", type=int, default=512, help="prompt length in tokens")
+    sc.add_argument("--num_pairs", "--num-pairs", type=int, default=8, help="clean / corrupted pairs per behaviour")
+    sc.add_argument("--seed", type=int, default=0)
+    sc.add_argument("--direction", default="denoise", choices=["denoise", "noise"],
+                    help="denoise: clean heads into the corrupted run; noise: the reverse")
+    sc.add_argument("--receivers", type=int, default=4, help="top heads that path patching traces back from")
+    sc.add_argument("--attribution_top", "--attribution-top", type=int,
+                    help="estimate every head by attribution patching, then really patch only its top K")
+    sc.add_argument("--retrieval_samples", "--retrieval-samples", type=int, default=8,
+                    help="NIAH samples for the retrieval-score baseline (0 skips it)")
+    sc.add_argument("--weights", help="behaviour weights for the fused ranking, e.g. retrieval=2,induction=1")
+    sc.add_argument("--max_tokens", "--max-tokens", type=int, default=16384, help="tokens per batched forward")
+    sc.add_argument("--out", required=True, help="the scores JSON file")
+    sc.add_argument("--plot", help="a PNG of layer x head heatmaps")
+    sc.add_argument("--quiet", action="store_true")
+    sc.set_defaults(func=_score)
+
+    pl = sub.add_parser("plan", help="a head plan from scores (or a layer-wise / random baseline)")
+    pl.add_argument("--scores", help="a scores JSON file from `hydrahead score`")
+    pl.add_argument("--model", help="a model directory (for layerwise / random plans without scores)")
+    pl.add_argument("--strategy", default="interp", choices=["interp", "retrieval_score", "layerwise", "random"])
+    pl.add_argument("--ratio", help="GDN:FA units, e.g. 7:1 (default 7:1 unless --kv-budget is given)")
+    pl.add_argument("--granularity", default="query", choices=["query", "kv"])
+    pl.add_argument("--kv_budget", "--kv-budget", type=int, help="KV cache bytes per token for the whole model")
+    pl.add_argument("--dtype", default="bfloat16", help="KV dtype for the budget and the summary")
+    pl.add_argument("--per_layer", "--per-layer", action="store_true", help="the same number of FA units in every layer")
+    pl.add_argument("--weights", help="re-weight the behaviours of the fused ranking, e.g. retrieval=2")
+    pl.add_argument("--seed", type=int, default=0, help="for --strategy random")
+    pl.add_argument("--out", required=True, help="the plan JSON file")
+    pl.set_defaults(func=_plan)
+
+    ab = sub.add_parser("ablate", help="mean-ablate the top-k heads by score vs k random heads")
+    ab.add_argument("--model", required=True)
+    ab.add_argument("--scores", required=True)
+    ab.add_argument("--task", default="niah_single_1")
+    ab.add_argument("--length", type=int, default=512)
+    ab.add_argument("--limit", type=int, default=50)
+    ab.add_argument("--ks", default="1,2,4,8")
+    ab.add_argument("--random_seeds", "--random-seeds", type=int, default=3)
+    ab.add_argument("--seed", type=int, default=0)
+    ab.add_argument("--output_path", help="a folder; each run writes a new subfolder")
+    ab.add_argument("--quiet", action="store_true")
+    ab.set_defaults(func=_ablate)
 
     teacher = sub.add_parser("teacher", help="the small teacher model").add_subparsers(dest="teacher_command", required=True)
     tr = teacher.add_parser("train", help="train the teacher from scratch (resumes from OUT/training/checkpoint)")

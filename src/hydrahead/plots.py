@@ -105,3 +105,65 @@ def plot_training_log(log_path: Path, path: Path) -> Path:
     ax2.legend(fontsize=8)
     ax2.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def _head_map(ax, grid, title: str, cmap: str, vmin=None, vmax=None):
+    im = ax.imshow(grid, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    layers, heads = grid.shape
+    ax.set_xticks(range(heads))
+    ax.set_yticks(range(layers))
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title, fontsize=9)
+    if layers * heads <= 256:  # numbers stay readable
+        for i in range(layers):
+            for j in range(heads):
+                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=6)
+    return im
+
+
+def plot_head_scores(scores, path: Path) -> Path:
+    """Layer x head heatmaps: per behaviour the activation-patching (receiver) and path-patching (sender)
+    effects; then the fused ranking score and the retrieval-score baseline."""
+    import numpy as np
+
+    plt = _pyplot()
+    names = list(scores.behaviours)
+    rows = len(names) + 1
+    layers, heads = scores.shape.num_layers, scores.shape.num_heads
+    cell = (0.45 * heads + 1.6, 0.35 * layers + 1.0)
+    fig, axes = plt.subplots(rows, 2, figsize=(2 * cell[0], rows * cell[1]), squeeze=False)
+    for r, name in enumerate(names):
+        b = scores.behaviours[name]
+        limit = max(float(np.abs(b.activation).max()), float(np.abs(b.path).max()), 1e-6)
+        im = _head_map(axes[r, 0], b.activation, f"{name}: activation patching (receivers)", "RdBu_r", -limit, limit)
+        _head_map(axes[r, 1], b.path, f"{name}: path patching via {len(b.receivers)} receivers", "RdBu_r", -limit, limit)
+        fig.colorbar(im, ax=axes[r, 1], fraction=0.046)
+    im = _head_map(axes[-1, 0], scores.fused(), "fused rank score", "viridis", 0, 1)
+    fig.colorbar(im, ax=axes[-1, 0], fraction=0.046)
+    if scores.retrieval_score is not None:
+        im = _head_map(axes[-1, 1], np.asarray(scores.retrieval_score), "retrieval score (Wu et al.)", "viridis", 0, 1)
+        fig.colorbar(im, ax=axes[-1, 1], fraction=0.046)
+    else:
+        axes[-1, 1].axis("off")
+    return _save(fig, path)
+
+
+def plot_ablation(curve, path: Path) -> Path:
+    """Task score against the number of mean-ablated heads: top-k by score vs k random heads."""
+    import numpy as np
+
+    plt = _pyplot()
+    ks = sorted(curve.top)
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    ax.plot([0, *ks], [curve.dense, *(curve.top[k] for k in ks)], marker="o", label="top-k by fused score")
+    rand = [np.array(curve.random[k]) for k in ks]
+    ax.plot([0, *ks], [curve.dense, *(r.mean() for r in rand)], marker="s", label=f"k random heads (mean of {len(rand[0])})")
+    ax.fill_between([0, *ks], [curve.dense, *(r.min() for r in rand)], [curve.dense, *(r.max() for r in rand)],
+                    alpha=0.2, color=ax.lines[-1].get_color(), label="random min-max")
+    ax.set_xlabel("heads mean-ablated (k)")
+    ax.set_ylabel(f"{curve.task} at {curve.length} (%)")
+    ax.set_ylim(-3, 103)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
