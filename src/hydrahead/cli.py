@@ -9,7 +9,14 @@ from .errors import HydraheadError
 
 
 def _eval(args) -> int:
-    from .evaluation import DEFAULT_DEPTHS, parse_lengths, build_samples, header_line, score_samples, write_results
+    from .evaluation import (
+        DEFAULT_DEPTHS,
+        build_samples,
+        header_line,
+        parse_lengths,
+        score_samples,
+        write_results,
+    )
     from .models import load_model, load_tokenizer
     from .tasks import read_jsonl
 
@@ -126,6 +133,7 @@ def _score(args) -> int:
     if unknown:
         raise SelectionError(f"--weights names {unknown[0]!r}, which is not among --behaviours")
     out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(out)
     if partial.is_file():
         done = sum(len(s) for b in json.loads(partial.read_text()).get("effects", {}).values() for s in b.values())

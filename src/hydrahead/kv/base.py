@@ -1,0 +1,111 @@
+"""The interface every KV storage format implements, the quantized tensor it returns, and its error."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from ..errors import HydraheadError
+
+
+class KVFormatError(HydraheadError, ValueError):
+    pass
+
+
+@dataclass
+class QTensor:
+    """What a format stores for a [..., T, D] tensor of keys or values.
+
+    `payload` holds the element codes (packed two per byte for the 4-bit formats); `scales` holds
+    everything else the decoder needs (block scales, zero points, norms, a tensor scale). The
+    original shape and dtype travel along so that dequantize can restore both.
+    """
+
+    format: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    payload: torch.Tensor
+    scales: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.shape[-2]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every stored tensor; the shape and dtype are metadata and are not counted."""
+        tensors = [self.payload, *self.scales.values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class KVFormat:
+    """One way of storing keys or values of shape [..., T, D] (tokens x head_dim, any leading dims).
+
+    Subclasses set `name` and `bits` (bits of one stored element, scales excluded), check their
+    head_dim in `__init__` with `_need`, and implement `_quantize` (given a finite tensor of the right
+    shape), `_dequantize` (any float dtype; the base casts back) and `bytes_per_token`.
+    """
+
+    name: ClassVar[str]
+    bits: ClassVar[int]
+
+    def __init__(self, head_dim: int):
+        if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
+            raise KVFormatError(f"{self.name} needs a positive integer head_dim, got {head_dim!r}")
+        self.head_dim = head_dim
+
+    def _need(self, ok: bool, what: str) -> None:
+        if not ok:
+            raise KVFormatError(f"{self.name} needs {what}, got {self.head_dim}")
+
+    def quantize(self, x: torch.Tensor) -> QTensor:
+        self._check_input(x)
+        return self._quantize(x)
+
+    def dequantize(self, q: QTensor) -> torch.Tensor:
+        if q.format != self.name:
+            raise KVFormatError(f"cannot decode a {q.format} tensor with the {self.name} format")
+        if q.shape[-1] != self.head_dim:
+            raise KVFormatError(f"{self.name} was built for head_dim {self.head_dim}, the tensor has {q.shape[-1]}")
+        return self._dequantize(q).to(q.dtype)
+
+    def bytes_per_token(self, head_dim: int | None = None) -> float:
+        """Stored bytes of one token of one head (keys or values, not both), scales and norms included.
+
+        Per-tensor or per-head scalars are amortised over the sequence and counted as zero.
+        """
+        raise NotImplementedError
+
+    def nbytes(self, q: QTensor) -> int:
+        return q.nbytes
+
+    def _quantize(self, x: torch.Tensor) -> QTensor:
+        raise NotImplementedError
+
+    def _dequantize(self, q: QTensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not torch.is_tensor(x) or not x.is_floating_point():
+            raise KVFormatError(f"{self.name} quantizes floating-point tensors, got {getattr(x, 'dtype', type(x))}")
+        if x.dim() < 2 or x.shape[-1] != self.head_dim:
+            raise KVFormatError(
+                f"{self.name} expects a [..., T, {self.head_dim}] tensor (tokens x head_dim), got shape {tuple(x.shape)}"
+            )
+        bad = ~torch.isfinite(x)
+        if bad.any():
+            # a single NaN would poison its whole block scale or norm, so refuse rather than store it
+            where = bad.nonzero()
+            nan = int(torch.isnan(x).sum())
+            first = ", ".join(str(tuple(i)) for i in where[:3].tolist())
+            more = f" and {len(where) - 3} more" if len(where) > 3 else ""
+            raise KVFormatError(
+                f"{self.name}: input of shape {tuple(x.shape)} has {len(where)} non-finite values "
+                f"({nan} NaN, {len(where) - nan} inf) at index {first}{more}"
+            )
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({options})"
