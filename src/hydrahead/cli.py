@@ -218,6 +218,7 @@ def _ablate(args) -> int:
     print(curve.table())
     if args.output_path:
         folder = new_results_dir(args.output_path, _run_name(args.model))
+        folder.mkdir(parents=True)
         (folder / "ablation.json").write_text(json.dumps(vars(curve), indent=1))
         (folder / "ablation.md").write_text(curve.table() + "\n")
         print(f"results: {folder}")

@@ -251,11 +251,6 @@ class HeadPlan:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> HeadPlan:
-        path = Path(path)
-        if not path.is_file():
-            raise PlanError(f"plan file {path} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise PlanError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(data, str(path))
+        from .jsonfile import read_json
+
+        return cls.from_dict(read_json(path, "plan file", PlanError), str(path))

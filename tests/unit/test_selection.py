@@ -191,8 +191,8 @@ def test_path_patching_needs_a_receiver(built):
 
 
 def sweep_config(**kw) -> ScoreConfig:
-    settings = dict(behaviours=["retrieval", "induction"], length=LENGTH, num_pairs=3, receivers=2,
-                    retrieval_samples=2, max_tokens=2000)
+    settings = {"behaviours": ["retrieval", "induction"], "length": LENGTH, "num_pairs": 3, "receivers": 2,
+                "retrieval_samples": 2, "max_tokens": 2000}
     return ScoreConfig(**{**settings, **kw})
 
 

@@ -70,8 +70,12 @@ class AblationCurve:
     top_heads: list[list[int]] = field(default_factory=list)
 
     def table(self) -> str:
-        lines = [f"| heads ablated (k) | top-k by score | random k (mean of {len(next(iter(self.random.values()), []))}) "
-                 "| random min-max |", "|---:|---:|---:|---:|", f"| 0 | {self.dense:.1f} | {self.dense:.1f} | - |"]
+        seeds = len(next(iter(self.random.values()), []))
+        lines = [
+            f"| heads ablated (k) | top-k by score | random k (mean of {seeds}) | random min-max |",
+            "|---:|---:|---:|---:|",
+            f"| 0 | {self.dense:.1f} | {self.dense:.1f} | - |",
+        ]
         for k in sorted(self.top):
             r = self.random.get(k, [])
             mean = sum(r) / len(r) if r else float("nan")

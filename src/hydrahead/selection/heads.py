@@ -47,7 +47,7 @@ class HeadSite:
         self.stop_after: int | None = None
         self._handles = []
 
-    def __enter__(self) -> HeadSite:
+    def __enter__(self):
         for layer, attn in enumerate(self.modules):
             self._handles.append(attn.o_proj.register_forward_pre_hook(self._hook(layer)))
         return self

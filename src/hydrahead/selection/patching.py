@@ -19,7 +19,14 @@ import torch
 from ..plan import ModelShape
 from .behaviours import PairBatch, SelectionError
 from .heads import (
-    HeadSite, cache_heads, last_logits, logit_diff, replicas_per_forward, replicate, residuals, start_at,
+    HeadSite,
+    cache_heads,
+    last_logits,
+    logit_diff,
+    replicas_per_forward,
+    replicate,
+    residuals,
+    start_at,
 )
 
 DIRECTIONS = ("denoise", "noise")

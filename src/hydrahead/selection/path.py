@@ -18,13 +18,20 @@ from __future__ import annotations
 import torch
 
 from .behaviours import PairBatch, SelectionError
-from .heads import HeadSite, StopForward, last_logits, logit_diff, replicas_per_forward, replicate, start_at
+from .heads import (
+    HeadSite,
+    StopForward,
+    last_logits,
+    logit_diff,
+    replicas_per_forward,
+    replicate,
+    start_at,
+)
 from .patching import OnChunk, Runs, Unit, chunks, unit_masks
 
 
 def _frozen(mask: torch.Tensor, base: torch.Tensor, source: torch.Tensor):
     """Every head at its base output, except replica k's senders at their source output."""
-    k = mask.shape[0]
     frozen = None
 
     def patch(h: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,6 @@ heads that do); across behaviours the scores are averaged with configurable weig
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import rankdata
 
+from ..jsonfile import read_json, write_json_atomic
 from ..plan import ModelShape
 from .behaviours import SelectionError
 
@@ -126,13 +126,7 @@ class Scores:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Scores:
-        path = Path(path)
-        if not path.is_file():
-            raise SelectionError(f"scores file {path} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise SelectionError(f"{path} is not valid JSON ({e})") from None
+        data = read_json(path, "scores file", SelectionError)
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise SelectionError(f"{path} is not a hydrahead scores file (no \"format\": \"{FORMAT}\")")
         try:
@@ -150,13 +144,6 @@ class Scores:
                        None if rs is None else np.array(rs), data.get("weights") or {}, data.get("seconds"))
         except (KeyError, TypeError, ValueError) as e:
             raise SelectionError(f"{path}: a malformed scores file ({type(e).__name__}: {e})") from None
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write then rename, so an interrupted write never leaves a truncated file behind."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 def parse_weights(spec: str | None) -> dict[str, float]:

@@ -14,13 +14,22 @@ from pathlib import Path
 
 import numpy as np
 
+from ..jsonfile import write_json_atomic
 from ..plan import ModelShape
 from .behaviours import SelectionError, get_behaviours
 from .heads import attention_modules
-from .patching import DIRECTIONS, Unit, activation_patching, attribution_patching, group_units, head_units, prepare_runs
+from .patching import (
+    DIRECTIONS,
+    Unit,
+    activation_patching,
+    attribution_patching,
+    group_units,
+    head_units,
+    prepare_runs,
+)
 from .path import path_patching
 from .retrieval_score import retrieval_scores
-from .scores import BehaviourScores, Scores, write_json_atomic
+from .scores import BehaviourScores, Scores
 
 PARTIAL_FORMAT = "hydrahead.scores.partial/1"
 MIN_GAP = 1e-3  # a logit-difference gap below this means the model does not do the behaviour at all
@@ -111,6 +120,7 @@ def score_heads(model, tokenizer, config: ScoreConfig | None = None, model_name:
     start = time.perf_counter()
 
     def run_stage(name: str, stage: str, units: list[Unit], work) -> dict[str, float]:
+        """`work(todo, saved)` for the units not done yet; `saved` records and checkpoints each chunk."""
         done = state.stage(name, stage)
         todo = [u for u in units if u[0] not in done]
         if todo:
@@ -122,46 +132,9 @@ def score_heads(model, tokenizer, config: ScoreConfig | None = None, model_name:
             work(todo, saved)
         return done
 
-    results: dict[str, BehaviourScores] = {}
-    for behaviour in get_behaviours(config.behaviours):
-        name = behaviour.name
-        batch = behaviour.batch(tokenizer, config.length, config.num_pairs, config.seed)
-        runs = prepare_runs(model, batch, config.direction)
-        clean_ld = float((runs.source_ld if config.direction == "denoise" else runs.base_ld).mean())
-        corrupt_ld = float((runs.base_ld if config.direction == "denoise" else runs.source_ld).mean())
-        if abs(runs.gap) < MIN_GAP:
-            raise SelectionError(
-                f"behaviour {name!r}: the model's logit difference is the same on clean and corrupted prompts "
-                f"({clean_ld:.4g} vs {corrupt_ld:.4g}) at length {config.length}, so the model does not do this "
-                "behaviour there and its head effects would be noise; drop it or use a shorter --length"
-            )
-        state.baselines[name] = [clean_ld, corrupt_ld]
-
-        attribution = None
-        candidates = heads
-        if top:
-            estimates = run_stage(name, "attribution", heads,
-                                  lambda todo, saved: saved(attribution_patching(model, batch, runs, todo)))
-            attribution = _as_matrix(estimates, heads, shape.num_layers)
-            ranked = sorted(heads, key=lambda u: -abs(estimates[u[0]]))
-            candidates = ranked[:top]
-
-        def patch(todo, saved):
-            activation_patching(model, batch, runs, todo, config.max_tokens, saved)
-
-        patched = run_stage(name, "activation", candidates, patch)
-        # heads that attribution ruled out keep its estimate; the rest have the real effect
-        activation = {**(estimates if top else {}), **patched}
-        kv = run_stage(name, "activation_kv", groups, patch)
-        order = sorted(heads, key=lambda u: -abs(activation[u[0]]))
-        receivers = [(layer, hs[0]) for _, unit in order[: config.receivers] for layer, hs in unit.items()]
-        path = run_stage(name, "path", heads, lambda todo, saved: path_patching(
-            model, batch, runs, receivers, todo, config.max_tokens, saved))
-        results[name] = BehaviourScores(
-            clean_ld, corrupt_ld, _as_matrix(activation, heads, shape.num_layers),
-            _as_matrix(kv, groups, shape.num_layers), _as_matrix(path, heads, shape.num_layers), receivers, attribution,
-        )
-
+    results = {
+        b.name: _score_behaviour(model, tokenizer, b, config, state, run_stage) for b in get_behaviours(config.behaviours)
+    }
     retrieval = None
     if config.retrieval_samples:
         if state.retrieval is None:
@@ -172,3 +145,43 @@ def score_heads(model, tokenizer, config: ScoreConfig | None = None, model_name:
         retrieval = np.array(state.retrieval)
     bar.close()
     return Scores(model_name, shape, asdict(config), results, retrieval, {}, round(time.perf_counter() - start, 2))
+
+
+def _score_behaviour(model, tokenizer, behaviour, config: ScoreConfig, state: _Progress, run_stage) -> BehaviourScores:
+    name = behaviour.name
+    shape = ModelShape.of(model.config)
+    heads, groups = head_units(shape), group_units(shape)
+    batch = behaviour.batch(tokenizer, config.length, config.num_pairs, config.seed)
+    runs = prepare_runs(model, batch, config.direction)
+    clean_ld = float((runs.source_ld if config.direction == "denoise" else runs.base_ld).mean())
+    corrupt_ld = float((runs.base_ld if config.direction == "denoise" else runs.source_ld).mean())
+    if abs(runs.gap) < MIN_GAP:
+        raise SelectionError(
+            f"behaviour {name!r}: the model's logit difference is the same on clean and corrupted prompts "
+            f"({clean_ld:.4g} vs {corrupt_ld:.4g}) at length {config.length}, so the model does not do this "
+            "behaviour there and its head effects would be noise; drop it or use a shorter --length"
+        )
+    state.baselines[name] = [clean_ld, corrupt_ld]
+
+    def patch(todo, saved):
+        activation_patching(model, batch, runs, todo, config.max_tokens, saved)
+
+    estimates: dict[str, float] = {}
+    attribution = None
+    candidates = heads
+    if config.attribution_top:
+        estimates = run_stage(name, "attribution", heads,
+                              lambda todo, saved: saved(attribution_patching(model, batch, runs, todo)))
+        attribution = _as_matrix(estimates, heads, shape.num_layers)
+        candidates = sorted(heads, key=lambda u: -abs(estimates[u[0]]))[: config.attribution_top]
+    # heads that attribution ruled out keep its estimate; the rest have the real effect
+    activation = {**estimates, **run_stage(name, "activation", candidates, patch)}
+    kv = run_stage(name, "activation_kv", groups, patch)
+    order = sorted(heads, key=lambda u: -abs(activation[u[0]]))
+    receivers = [(layer, hs[0]) for _, unit in order[: config.receivers] for layer, hs in unit.items()]
+    path = run_stage(name, "path", heads, lambda todo, saved: path_patching(
+        model, batch, runs, receivers, todo, config.max_tokens, saved))
+    return BehaviourScores(
+        clean_ld, corrupt_ld, _as_matrix(activation, heads, shape.num_layers), _as_matrix(kv, groups, shape.num_layers),
+        _as_matrix(path, heads, shape.num_layers), receivers, attribution,
+    )
