@@ -82,7 +82,7 @@ def build_samples(tokenizer, tasks, lengths, limit: int, seed: int, depths=None)
 
 
 def score_samples(model, tokenizer, samples: list[Sample], batch_size: int = 8, progress: bool = True,
-                  metric: str | None = None, max_batch_tokens: int = 16384):
+                  metric: str | None = None, max_batch_tokens: int = 16384, cache_factory=None):
     """Greedy generation and RULER scoring for each sample; returns an EvalResult without config.
     Long prompts get smaller batches (at most `max_batch_tokens` prompt tokens), which bounds memory."""
     from tqdm import tqdm
@@ -105,7 +105,8 @@ def score_samples(model, tokenizer, samples: list[Sample], batch_size: int = 8, 
         per_batch = max(1, min(batch_size, max_batch_tokens // max(1, length)))
         for i in range(0, len(group), per_batch):
             batch = group[i : i + per_batch]
-            preds, n_tok, secs = greedy_generate(model, tokenizer, [s.prompt() for s in batch], tokens_to_generate)
+            preds, n_tok, secs = greedy_generate(model, tokenizer, [s.prompt() for s in batch], tokens_to_generate,
+                                                 cache_factory=cache_factory)
             prefill_tokens += n_tok
             prefill_s += secs
             for s, p in zip(batch, preds):
@@ -126,13 +127,13 @@ def score_samples(model, tokenizer, samples: list[Sample], batch_size: int = 8, 
 
 
 def evaluate(model, tokenizer, tasks="niah_single_1", lengths=(512,), limit: int = 50, seed: int = 0,
-             depths=None, batch_size: int = 8, progress: bool = True) -> EvalResult:
+             depths=None, batch_size: int = 8, progress: bool = True, cache_factory=None) -> EvalResult:
     """Evaluate a causal LM on generated tasks. `depths` (percentages) spreads each NIAH task's samples
     over those needle depths, which the depth x length heatmap needs."""
     if limit <= 0:
         raise HydraheadError(f"--limit must be positive, got {limit}")
     samples = build_samples(tokenizer, tasks, lengths, limit, seed, depths)
-    result = score_samples(model, tokenizer, samples, batch_size, progress)
+    result = score_samples(model, tokenizer, samples, batch_size, progress, cache_factory=cache_factory)
     result.config = {"tasks": [t.name for t in parse_tasks(tasks)], "lengths": parse_lengths(lengths),
                      "limit": limit, "seed": seed, "depths": list(depths) if depths else None, "batch_size": batch_size}
     return result

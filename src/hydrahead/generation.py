@@ -8,8 +8,11 @@ import torch
 
 
 @torch.no_grad()
-def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, stop_at_newline: bool = False):
-    """Returns (completions, prefill_tokens, prefill_seconds). Sequences stop at EOS."""
+def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, stop_at_newline: bool = False,
+                    cache_factory=None):
+    """Returns (completions, prefill_tokens, prefill_seconds). Sequences stop at EOS. `cache_factory(model)`,
+    if given, makes the cache the prompt is prefilled into (a quantized KV cache, say); by default the
+    model makes its own."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     width = max(len(e) for e in encoded)
@@ -23,7 +26,8 @@ def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, s
     # time the prefill on its own: it is the long-context cost that later methods cut
     start = time.perf_counter()
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
+    cache = cache_factory(model) if cache_factory is not None else None
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache, use_cache=True)
     prefill_s = time.perf_counter() - start
     cache = out.past_key_values
     next_tok = out.logits[:, -1].argmax(-1)  # [B]
