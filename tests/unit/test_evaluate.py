@@ -26,7 +26,7 @@ def test_batched_greedy_generation_matches_one_by_one(tiny_model_dir):
 def test_scores_aggregate_per_task_length_and_depth(tokenizer, monkeypatch):
     samples = build_samples(tokenizer, "niah_single_1", [512], limit=4, seed=0, depths=[0, 100])
     # an oracle that answers right at depth 0 and wrong at depth 100
-    def oracle(model, tok, prompts, n):
+    def oracle(model, tok, prompts, n, cache_factory=None):
         by_prompt = {s.prompt(): s for s in samples}
         return [(" " + by_prompt[p].outputs[0]) if by_prompt[p].depth == 0 else " 0000000" for p in prompts], 10, 0.01
 
