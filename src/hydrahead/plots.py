@@ -167,3 +167,21 @@ def plot_ablation(curve, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def plot_loss_log(log_path: Path, path: Path, title: str = "") -> Path:
+    """The loss of a transfer stage against the step (every logged loss component)."""
+    import json
+
+    plt = _pyplot()
+    rows = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
+    keys = [k for k in rows[0] if k not in ("step", "lr", "grad_norm", "tokens_per_s")] if rows else []
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    for key in keys:
+        ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=key, lw=1.2 if key == "loss" else 0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)

@@ -1,0 +1,100 @@
+"""The configuration of one transfer stage: a YAML file, with command-line overrides on top."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from ..errors import HydraheadError
+
+STAGES = ("align", "distill", "long")
+
+
+class TransferError(HydraheadError):
+    """Bad transfer input or state (a config key that does not exist, a NaN loss, a corrupt checkpoint)."""
+
+
+@dataclass
+class TransferConfig:
+    stage: str = "align"  # align | distill | long
+    teacher: str = "models/hydrahead-teacher-3m"  # the original model (the distillation teacher)
+    plan: str | None = None  # a head plan: the student is the teacher converted with it ...
+    init: str | None = None  # ... or an existing hybrid directory (the previous stage's output)
+    out: str = "runs/transfer"
+    steps: int = 100
+    seq_len: int = 512
+    batch_size: int = 8  # sequences per optimizer step, over all processes
+    micro_batch: int = 4  # sequences per forward in one process; the rest is gradient accumulation
+    lr: float = 1e-3
+    warmup: int = 10
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    kl_weight: float = 1.0  # distill: KL(teacher || student) on logits ...
+    ce_weight: float = 0.5  # ... plus this much next-token cross-entropy
+    temperature: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 50
+    mixture: dict[str, float] | None = None  # task -> weight; default: the teacher's corpus mixture
+    options: dict = field(default_factory=dict)  # HybridOptions for the conversion (fusion, fa_position, ...)
+    max_minutes: float | None = None  # stop with a checkpoint after this long; run again to resume
+
+    def check(self) -> None:
+        if self.stage not in STAGES:
+            raise TransferError(f"stage must be one of {', '.join(STAGES)}, not {self.stage!r}")
+        for name in ("steps", "seq_len", "batch_size", "micro_batch", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise TransferError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_size % self.micro_batch:
+            raise TransferError(f"batch_size {self.batch_size} is not a multiple of micro_batch {self.micro_batch}")
+        if self.lr <= 0 or self.temperature <= 0:
+            raise TransferError("lr and temperature must be positive")
+        if self.stage != "long" and (self.plan is None) == (self.init is None):
+            raise TransferError(f"stage {self.stage!r} needs exactly one of plan (convert the teacher) or init (a hybrid)")
+        if self.stage == "long" and self.init is None:
+            raise TransferError("stage 'long' fine-tunes an existing hybrid: give init (the distill stage's output)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _coerce(name: str, value, kind):
+    """A YAML or command-line value converted to the field's type, or a clear error."""
+    if value is None:
+        return None
+    try:
+        if kind in (int, "int"):
+            return int(value)
+        if kind in (float, "float", "float | None"):
+            return float(value)
+        if kind in ("int | None",):
+            return int(value)
+    except (TypeError, ValueError):
+        raise TransferError(f"config key {name!r} needs a number, got {value!r}") from None
+    return value
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> TransferConfig:
+    """The config of `path` (YAML) with `overrides` (e.g. from the command line) applied on top."""
+    import yaml
+
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise TransferError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise TransferError(f"{path} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise TransferError(f"{path} must hold a mapping of config keys, not {type(data).__name__}")
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    known = {f.name: f.type for f in fields(TransferConfig)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise TransferError(f"unknown config key {unknown[0]!r}; known keys: {', '.join(known)}")
+    config = TransferConfig(**{k: _coerce(k, v, known[k]) for k, v in data.items()})
+    config.check()
+    return config

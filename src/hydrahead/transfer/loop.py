@@ -1,0 +1,194 @@
+"""One training loop under all three stages: AdamW with warmup and cosine decay, gradient
+accumulation, a progress bar, a metrics log and its plot, atomic checkpoints, resume, and
+torch.distributed (DDP; gloo on CPU, nccl on GPU) when launched with torchrun.
+
+A run killed at any point and started again with the same config resumes from its last checkpoint
+and ends with the same weights as a run that was never interrupted: the data of a step depends only
+on (seed, step), and the checkpoint holds the weights, the optimizer state and the step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from .config import TransferConfig, TransferError
+from .data import packed_batch, shard
+from .stages import make_stage
+
+
+def lr_at(config: TransferConfig, step: int) -> float:
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = min(1.0, (step - config.warmup) / max(1, config.steps - config.warmup))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class Distributed:
+    """rank / world size from torchrun's environment; a no-op in a plain single process."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = "cpu"
+        if self.world > 1:
+            import torch.distributed as dist
+
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            if not dist.is_initialized():
+                dist.init_process_group(backend)
+            if backend == "nccl":
+                local = int(os.environ.get("LOCAL_RANK", "0"))
+                torch.cuda.set_device(local)
+                self.device = f"cuda:{local}"
+        elif torch.cuda.is_available():
+            self.device = "cuda"
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model):
+        if self.world == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [torch.device(self.device).index] if self.device.startswith("cuda") else None
+        # some hybrid parameters (e.g. an unused gate) may get no gradient in a stage
+        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _models(config: TransferConfig, stage, device: str):
+    from ..attention import HybridOptions
+    from ..convert import convert, is_hybrid
+    from ..models import load_model, load_tokenizer
+    from ..plan import HeadPlan
+
+    tokenizer = load_tokenizer(config.teacher)
+    teacher = load_model(config.teacher, device=device) if stage.needs_teacher else None
+    if teacher is not None:
+        if is_hybrid(teacher):
+            raise TransferError(f"the teacher {config.teacher} is a hybrid; give the original model")
+        teacher.requires_grad_(False)
+    if config.init is not None:
+        student = load_model(config.init, device=device)
+        if not is_hybrid(student):
+            raise TransferError(f"init {config.init} is not a hybrid (convert the model first, or give a plan)")
+    else:
+        student = load_model(config.teacher, device=device)
+        options = {"logscale_length": getattr(student.config, "max_position_embeddings", 4096), **config.options}
+        torch.manual_seed(config.seed)  # the new GDN parameters start the same in every process and every rerun
+        convert(student, HeadPlan.load(config.plan), HybridOptions(**options))
+    return tokenizer, teacher, student
+
+
+def train_stage(config: TransferConfig, progress: bool = True) -> Path | None:
+    """Run (or resume) one stage in `config.out`; returns the trained hybrid's directory, or None if the
+    run stopped early (max_minutes) with a checkpoint to resume from."""
+    from tqdm import tqdm
+
+    from ..convert import save
+
+    config.check()
+    dist = Distributed()
+    if config.batch_size % (config.micro_batch * dist.world):
+        raise TransferError(
+            f"batch_size {config.batch_size} must be a multiple of micro_batch x processes = "
+            f"{config.micro_batch} x {dist.world}"
+        )
+    out = Path(config.out)
+    work = out / "training"
+    stage = make_stage(config)
+    tokenizer, teacher, student = _models(config, stage, dist.device)
+    student.requires_grad_(False)
+    params = stage.trainable(student)
+    for p in params:
+        p.requires_grad_(True)
+    student.train()
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
+    step = 0
+    if has_checkpoint(work):
+        step = load_checkpoint(work, student, optimizer, config, trim_log=dist.main)
+    model = dist.wrap(student)
+    accumulate = config.batch_size // (config.micro_batch * dist.world)
+    if dist.main:
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+    log = (work / "log.jsonl").open("a") if dist.main else None
+    bar = tqdm(total=config.steps, initial=step, desc=config.stage, disable=not (progress and dist.main),
+               dynamic_ncols=True)
+    started = time.time()
+    try:
+        while step < config.steps:
+            tick = time.time()
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(config, step)
+            batch = shard(packed_batch(tokenizer, config.seed, step, config.seq_len, config.batch_size, config.mixture),
+                          dist.rank, dist.world).to(dist.device)
+            sums: dict[str, float] = {}
+            for i in range(accumulate):
+                ids = batch[i * config.micro_batch : (i + 1) * config.micro_batch]
+                loss, metrics = stage.loss(model, teacher, ids)
+                if not torch.isfinite(loss):
+                    raise TransferError(
+                        f"the {config.stage} loss is {loss.item()} at step {step}; the last good checkpoint is "
+                        f"{work / 'checkpoint' if has_checkpoint(work) else '(none yet)'}: lower lr and resume from it"
+                    )
+                (loss / accumulate).backward()
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v / accumulate
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_per_s = config.batch_size * config.seq_len / max(time.time() - tick, 1e-9)
+            if dist.main:
+                record = {"step": step, **{k: round(v, 6) for k, v in sums.items()}, "lr": lr_at(config, step - 1),
+                          "grad_norm": round(float(grad_norm), 4), "tokens_per_s": round(tokens_per_s, 1)}
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{sums['loss']:.4f}", tok_s=f"{tokens_per_s:,.0f}")
+                bar.update(1)
+            out_of_time = config.max_minutes is not None and time.time() - started > config.max_minutes * 60
+            if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
+                if dist.main:
+                    save_checkpoint(work, student, optimizer, step, config)
+                dist.barrier()
+            if out_of_time and step < config.steps:
+                if dist.main:
+                    bar.write(f"stopping after {config.max_minutes} minutes at step {step}; run again to resume")
+                return None
+        bar.close()
+        if dist.main:
+            model_dir = save(student, out / "model", tokenizer)
+            _finish(work, out, config)
+            return model_dir
+        return out / "model"
+    finally:
+        if log is not None:
+            log.close()
+        dist.close()
+
+
+def _finish(work: Path, out: Path, config: TransferConfig) -> None:
+    from ..plots import plot_loss_log
+
+    rows = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines() if line.strip()]
+    summary = {"stage": config.stage, "steps": config.steps, "final_loss": rows[-1]["loss"] if rows else None,
+               "tokens": config.steps * config.batch_size * config.seq_len, "config": config.to_dict()}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    plot_loss_log(work / "log.jsonl", out / "loss.png", title=f"stage {config.stage}")

@@ -1,0 +1,165 @@
+"""The transfer stages and their training loop on a tiny model: what trains, resume exactness, NaN
+handling, config errors, and a 2-process torchrun run equal to the single-process one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+from hydrahead.cli import main
+from hydrahead.models import load_model, load_tokenizer
+from hydrahead.plan import HeadPlan
+from hydrahead.transfer import TransferConfig, TransferError, load_config, packed_batch, train_stage
+from hydrahead.transfer import loop as loop_module
+
+TEACHER = "models/hydrahead-teacher-3m"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny Qwen3 'teacher' with the shipped tokenizer, and a plan with one FA head per layer."""
+    root = tmp_path_factory.mktemp("tiny")
+    tokenizer = load_tokenizer(TEACHER)
+    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+                         tie_word_embeddings=True, pad_token_id=0, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(config)
+    model.save_pretrained(root / "teacher")
+    tokenizer.save_pretrained(root / "teacher")
+    HeadPlan.from_config(config, [[0], [3]]).save(root / "plan.json")
+    return root
+
+
+def config_for(tiny: Path, out: str, **kw) -> TransferConfig:
+    settings = {"stage": "align", "teacher": str(tiny / "teacher"), "plan": str(tiny / "plan.json"),
+                "out": str(tiny / out), "steps": 4, "seq_len": 64, "batch_size": 4, "micro_batch": 2,
+                "lr": 3e-3, "warmup": 2, "checkpoint_every": 2}
+    settings.update(kw)
+    return TransferConfig(**settings)
+
+
+def weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(model_dir) / "model.safetensors"))
+
+
+def test_packed_batches_are_full_deterministic_and_shardable():
+    tokenizer = load_tokenizer(TEACHER)
+    a = packed_batch(tokenizer, seed=0, step=3, seq_len=128, rows=4)
+    assert a.shape == (4, 128) and torch.equal(a, packed_batch(tokenizer, 0, 3, 128, 4))
+    assert not torch.equal(a, packed_batch(tokenizer, 0, 4, 128, 4))
+    assert int((a == tokenizer.eos_token_id).sum()) >= 1  # examples are packed, EOS between them
+
+
+def test_align_trains_only_the_hybrid_attention(tiny):
+    model_dir = train_stage(config_for(tiny, "align"), progress=False)
+    before = load_model(tiny / "teacher").state_dict()
+    after = weights(model_dir)
+    mlp = [k for k in after if ".mlp." in k or "embed" in k or k.endswith("norm.weight") and "layers" not in k]
+    assert mlp and all(torch.equal(after[k], before[k]) for k in mlp)
+    attn = [k for k in after if "self_attn" in k]
+    assert any(k not in before or not torch.equal(after[k], before[k]) for k in attn)
+    log = (tiny / "align" / "training" / "log.jsonl").read_text().splitlines()
+    assert len(log) == 4 and "mse_l1" in log[-1]
+    assert (tiny / "align" / "loss.png").stat().st_size > 5000
+
+
+def test_distill_then_long_stage_train_every_weight(tiny):
+    train_stage(config_for(tiny, "a2"), progress=False)
+    distilled = train_stage(config_for(tiny, "d2", stage="distill", plan=None, init=str(tiny / "a2" / "model")),
+                            progress=False)
+    before, after = weights(tiny / "a2" / "model"), weights(distilled)
+    assert not torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
+    assert "kl" in (tiny / "d2" / "training" / "log.jsonl").read_text()
+    longer = train_stage(config_for(tiny, "l2", stage="long", plan=None, init=str(distilled), seq_len=128), progress=False)
+    assert load_model(longer).config.hydrahead  # a hybrid directory every command can load
+
+
+def test_a_killed_run_resumes_to_the_same_weights(tiny, monkeypatch):
+    straight = weights(train_stage(config_for(tiny, "straight", steps=6), progress=False))
+    real = loop_module.packed_batch
+    calls = []
+
+    def killed_at_step_five(tokenizer, seed, step, *args):
+        calls.append(step)
+        if step == 4:  # after the checkpoint at step 4 (steps 0-3 done) ... then killed
+            raise KeyboardInterrupt
+        return real(tokenizer, seed, step, *args)
+
+    monkeypatch.setattr(loop_module, "packed_batch", killed_at_step_five)
+    with pytest.raises(KeyboardInterrupt):
+        train_stage(config_for(tiny, "resumed", steps=6), progress=False)
+    monkeypatch.setattr(loop_module, "packed_batch", real)
+    resumed = weights(train_stage(config_for(tiny, "resumed", steps=6), progress=False))
+    assert straight.keys() == resumed.keys()
+    for k in straight:
+        torch.testing.assert_close(resumed[k], straight[k], atol=0, rtol=0)
+    steps = [int(line.split('"step": ')[1].split(",")[0])
+             for line in (tiny / "resumed" / "training" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    with pytest.raises(TransferError, match="made with seed=0, this run has seed=1"):
+        train_stage(config_for(tiny, "resumed", steps=8, seed=1), progress=False)
+
+
+def test_a_nan_loss_stops_with_the_last_good_checkpoint(tiny, monkeypatch):
+    from hydrahead.transfer import stages
+
+    real = stages.Align.loss
+
+    def poisoned(self, student, teacher, ids):
+        loss, metrics = real(self, student, teacher, ids)
+        return loss * float("nan") if poisoned.calls >= 4 else loss, metrics
+
+    poisoned.calls = 0
+
+    def counting(self, *args):
+        poisoned.calls += 1
+        return poisoned(self, *args)
+
+    monkeypatch.setattr(stages.Align, "loss", counting)
+    with pytest.raises(TransferError, match=r"loss is nan at step 1.*last good checkpoint is .*nan/training/checkpoint"):
+        train_stage(config_for(tiny, "nan", checkpoint_every=1), progress=False)
+
+
+def test_config_from_yaml_with_overrides_and_clear_errors(tiny, tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(f"stage: align\nteacher: {tiny / 'teacher'}\nplan: {tiny / 'plan.json'}\nsteps: 50\nlr: 2e-4\n")
+    config = load_config(path, {"steps": 7, "seed": None})
+    assert config.steps == 7 and config.lr == 2e-4 and config.seed == 0
+    with pytest.raises(TransferError, match="unknown config key 'learning_rate'"):
+        load_config(path, {"learning_rate": 1})
+    with pytest.raises(TransferError, match="needs a number"):
+        load_config(path, {"steps": "many"})
+    with pytest.raises(TransferError, match="not a multiple of micro_batch"):
+        load_config(path, {"batch_size": 6, "micro_batch": 4})
+    with pytest.raises(TransferError, match="exactly one of plan"):
+        load_config(path, {"init": "somewhere"})
+    with pytest.raises(TransferError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    assert main(["distill", "--config", str(path), "--set", "kl_weigth=2", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_two_processes_with_torchrun_equal_one_process(tiny, tmp_path):
+    one = weights(train_stage(config_for(tiny, "one", steps=3), progress=False))
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        f"stage: align\nteacher: {tiny / 'teacher'}\nplan: {tiny / 'plan.json'}\nout: {tiny / 'two'}\nsteps: 3\n"
+        "seq_len: 64\nbatch_size: 4\nmicro_batch: 2\nlr: 3.0e-3\nwarmup: 2\ncheckpoint_every: 2\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "hydrahead.cli", "distill", "--config", str(cfg), "--quiet"],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = weights(tiny / "two" / "model")
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], atol=2e-5, rtol=1e-4)
