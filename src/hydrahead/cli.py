@@ -226,6 +226,31 @@ def _ablate(args) -> int:
     return 0
 
 
+def _distill(args) -> int:
+    import os
+
+    import yaml
+
+    from .transfer import load_config, train_stage
+
+    overrides = {k: getattr(args, k) for k in (
+        "stage", "teacher", "plan", "init", "out", "steps", "seq_len", "batch_size", "micro_batch", "lr", "warmup",
+        "seed", "checkpoint_every", "max_minutes")}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise HydraheadError(f"--set takes KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    config = load_config(args.config, overrides)
+    model_dir = train_stage(config, progress=not args.quiet)
+    if model_dir is None:
+        print(f"stopped early with a checkpoint in {config.out}/training; run the same command to resume")
+        return 0
+    if os.environ.get("RANK", "0") == "0":
+        print(f"stage {config.stage}: {config.steps} steps; hybrid written to {model_dir}")
+    return 0
+
+
 def _read_text(path) -> str:
     from pathlib import Path
 
@@ -358,6 +383,26 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--output_path", help="a folder; each run writes a new subfolder")
     ab.add_argument("--quiet", action="store_true")
     ab.set_defaults(func=_ablate)
+
+    ds = sub.add_parser("distill", help="one transfer stage (align | distill | long) of a hybrid; torchrun-ready")
+    ds.add_argument("--config", help="a YAML file of TransferConfig keys; the flags below override it")
+    ds.add_argument("--stage", choices=["align", "distill", "long"])
+    ds.add_argument("--teacher", help="the original model directory")
+    ds.add_argument("--plan", help="convert the teacher with this head plan to make the student")
+    ds.add_argument("--init", help="or start from this hybrid directory (the previous stage's output)")
+    ds.add_argument("--out", help="the run directory (checkpoints, log, the trained hybrid in OUT/model)")
+    ds.add_argument("--steps", type=int)
+    ds.add_argument("--seq_len", "--seq-len", type=int)
+    ds.add_argument("--batch_size", "--batch-size", type=int, help="sequences per optimizer step, all processes")
+    ds.add_argument("--micro_batch", "--micro-batch", type=int, help="sequences per forward in one process")
+    ds.add_argument("--lr", type=float)
+    ds.add_argument("--warmup", type=int)
+    ds.add_argument("--seed", type=int)
+    ds.add_argument("--checkpoint_every", "--checkpoint-every", type=int)
+    ds.add_argument("--max_minutes", "--max-minutes", type=float, help="stop with a checkpoint; rerun to resume")
+    ds.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other config key, e.g. --set kl_weight=2")
+    ds.add_argument("--quiet", action="store_true")
+    ds.set_defaults(func=_distill)
 
     teacher = sub.add_parser("teacher", help="the small teacher model").add_subparsers(dest="teacher_command", required=True)
     tr = teacher.add_parser("train", help="train the teacher from scratch (resumes from OUT/training/checkpoint)")

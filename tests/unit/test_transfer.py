@@ -16,7 +16,13 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 from hydrahead.cli import main
 from hydrahead.models import load_model, load_tokenizer
 from hydrahead.plan import HeadPlan
-from hydrahead.transfer import TransferConfig, TransferError, load_config, packed_batch, train_stage
+from hydrahead.transfer import (
+    TransferConfig,
+    TransferError,
+    load_config,
+    packed_batch,
+    train_stage,
+)
 from hydrahead.transfer import loop as loop_module
 
 TEACHER = "models/hydrahead-teacher-3m"
