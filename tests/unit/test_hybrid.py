@@ -204,3 +204,17 @@ def test_errors(tmp_path):
         tiny()(ids(1, 4), past_key_values=used, use_cache=True)
         with pytest.raises(HydraheadError, match="needs a fresh cache"):
             model(ids(1, 4), past_key_values=used, use_cache=True)
+
+
+def test_shifted_sum_conv_equals_depthwise_conv1d_with_gradients():
+    from hydrahead.attention.gdn import causal_depthwise_conv
+
+    x = torch.randn(2, 12, 3 + 37, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(12, 1, 4, dtype=torch.float64, requires_grad=True)
+    ours = causal_depthwise_conv(x, w)
+    ref = torch.nn.functional.conv1d(x, w, groups=12)
+    torch.testing.assert_close(ours, ref)
+    grads = torch.autograd.grad(ours.square().sum(), (x, w))
+    ref_grads = torch.autograd.grad(ref.square().sum(), (x, w))
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b)

@@ -50,7 +50,7 @@ class GDNBranch(nn.Module):
         if history is None:
             history = qkv.new_zeros(B, qkv.shape[-1], self.conv_size - 1)
         full = torch.cat([history, qkv.transpose(1, 2)], dim=-1)  # [B, C, conv_size - 1 + T]
-        mixed = F.conv1d(full, self.conv.to(full.dtype), groups=full.shape[1]).transpose(1, 2)  # [B, T, C]
+        mixed = causal_depthwise_conv(full, self.conv.to(full.dtype)).transpose(1, 2)  # [B, T, C]
 
         d = self.head_dim
         q, k, v = mixed.split([self.num_heads * d, self.num_kv * d, self.num_kv * d], dim=-1)
@@ -74,3 +74,15 @@ class GDNBranch(nn.Module):
             state.conv_state = full[..., full.shape[-1] - (self.conv_size - 1):]
             state.recurrent_state = final
         return out
+
+
+def causal_depthwise_conv(full: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """F.conv1d(full, weight, groups=C) for a short kernel, as a sum of shifted copies: the same result,
+    but its backward pass is a few elementwise ops, where CPU depthwise conv1d backward is very slow.
+    full: [B, C, K - 1 + T]; weight: [C, 1, K] -> [B, C, T]."""
+    taps = weight.shape[-1]
+    length = full.shape[-1] - taps + 1
+    out = full[..., :length] * weight[:, 0, 0, None]
+    for j in range(1, taps):
+        out = out + full[..., j : j + length] * weight[:, 0, j, None]
+    return out
