@@ -51,8 +51,6 @@ def run_pipeline(cfg: PipelineConfig, results: str | Path = "results/pipeline", 
     from ..models import load_causal_lm, load_model
     from ..plots import plot_head_scores
     from ..selection import ScoreConfig, Scores, make_plan, score_heads
-    from .loop import train_stage
-
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -76,19 +74,7 @@ def run_pipeline(cfg: PipelineConfig, results: str | Path = "results/pipeline", 
     plan.save(out / "plan.json")
     _log(plan.summary().splitlines()[1].strip())
 
-    stages = [("align", cfg.align_steps, native, {"plan": str(out / "plan.json")}),
-              ("distill", cfg.distill_steps, native, {"init": str(out / "align" / "model")}),
-              ("long", cfg.long_steps, native * cfg.long_factor, {"init": str(out / "distill" / "model")})]
-    for stage, steps, seq_len, source in stages:
-        if (out / stage / "model" / "config.json").exists():
-            continue
-        micro = max(1, min(cfg.batch_size, 8192 // seq_len))
-        while cfg.batch_size % micro:
-            micro -= 1
-        config = TransferConfig(stage=stage, teacher=cfg.teacher, out=str(out / stage), steps=steps, seq_len=seq_len,
-                                batch_size=cfg.batch_size, micro_batch=micro, lr=cfg.lr, seed=cfg.seed,
-                                warmup=max(1, steps // 10), checkpoint_every=max(1, steps // 4), **source)
-        timed(f"stage {stage}", lambda c=config: train_stage(c, progress=progress))
+    train_hybrid(cfg, out / "plan.json", out, native, progress=progress, timed=timed)
 
     lengths = [native * f for f in cfg.factors]
     hybrid = load_model(out / "long" / "model")
@@ -107,6 +93,29 @@ def run_pipeline(cfg: PipelineConfig, results: str | Path = "results/pipeline", 
     print(report)
     _log(f"report: {folder / 'report.md'}")
     return folder
+
+
+def train_hybrid(cfg: PipelineConfig, plan: str | Path, out: Path, native: int, options: dict | None = None,
+                 progress: bool = True, timed=None) -> Path:
+    """Stages 1-3 for one plan (and conversion options) into out/align, out/distill, out/long; a stage
+    whose model is already there is skipped. Returns the final hybrid's directory."""
+    from .loop import train_stage
+
+    stages = [("align", cfg.align_steps, native, {"plan": str(plan), "options": options or {}}),
+              ("distill", cfg.distill_steps, native, {"init": str(out / "align" / "model")}),
+              ("long", cfg.long_steps, native * cfg.long_factor, {"init": str(out / "distill" / "model")})]
+    for stage, steps, seq_len, source in stages:
+        if (out / stage / "model" / "config.json").exists():
+            continue
+        micro = max(1, min(cfg.batch_size, 8192 // seq_len))
+        while cfg.batch_size % micro:
+            micro -= 1
+        config = TransferConfig(stage=stage, teacher=cfg.teacher, out=str(out / stage), steps=steps, seq_len=seq_len,
+                                batch_size=cfg.batch_size, micro_batch=micro, lr=cfg.lr, seed=cfg.seed,
+                                warmup=max(1, steps // 10), checkpoint_every=max(1, steps // 4), **source)
+        run = (lambda c=config: train_stage(c, progress=progress))
+        timed(f"stage {stage}", run) if timed else run()
+    return out / "long" / "model"
 
 
 def _plot_models(evals: dict, path: Path, native: int) -> Path:
@@ -131,11 +140,11 @@ def _plot_models(evals: dict, path: Path, native: int) -> Path:
 
 
 def _report(cfg: PipelineConfig, plan, evals: dict, timings: dict, native: int) -> str:
-    lines = [f"# HydraHead pipeline on {cfg.teacher}", "",
-             f"Plan: {plan.summary().splitlines()[1].strip()}; KV {plan.kv_bytes_per_token()} B/token "
+    setup = (f"Plan: {plan.summary().splitlines()[1].strip()}; KV {plan.kv_bytes_per_token()} B/token "
              f"(original {plan.full_kv_bytes_per_token()}). Stages: align {cfg.align_steps}, distill "
              f"{cfg.distill_steps}, long {cfg.long_steps} steps at {cfg.long_factor}x native ({native}) length, "
-             f"{cfg.batch_size} sequences per step.", ""]
+             f"{cfg.batch_size} sequences per step.")
+    lines = [f"# HydraHead pipeline on {cfg.teacher}", "", setup, ""]
     for name, result in evals.items():
         lines += [f"## {name}", "", result.table(), ""]
     lines += ["![heads](head_scores.png)", "", "![accuracy vs length](accuracy_vs_length.png)", "",

@@ -1,0 +1,133 @@
+"""The HydraHead paper's comparison in miniature, on the shipped teacher.
+
+Every hybrid variant gets the same three stages with the same token budget (align, distill, long
+context), then the same evaluation: niah_single_1, niah_multikey_1, niah_multivalue and vt at 1x-16x
+the native length, and a "general" metric at native length (held-out next-token loss on the corpus
+mixture, vt and cwe). Variants: the original Transformer (untrained further), head-wise 7:1 with
+interpretability-chosen heads, with random heads, by retrieval score, layer-wise 3:1, all-GDN, and the
+fusion ablation (concat, gate) on the 7:1 interp plan. Each variant's runs are kept in --out and reused,
+so the script can be stopped and run again.
+
+    python benchmarks/transfer_comparison.py --out runs/comparison            # the README's table
+    python benchmarks/transfer_comparison.py --quick --out runs/comparison-q  # minutes, for a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from hydrahead.evaluation import evaluate, new_results_dir
+from hydrahead.models import load_causal_lm, load_model
+from hydrahead.plan import HeadPlan, ModelShape
+from hydrahead.selection import ScoreConfig, Scores, make_plan, score_heads
+from hydrahead.transfer.data import packed_batch
+from hydrahead.transfer.pipeline import PipelineConfig, train_hybrid
+
+RETRIEVAL_TASKS = "niah_single_1,niah_multikey_1,niah_multivalue,vt"
+GENERAL_TASKS = "vt,cwe"
+HELDOUT_SEED = 10_000  # batches the training never draws (training uses seed 0, steps from 0)
+
+
+def variants(scores: Scores, shape: ModelShape, random_seeds: int) -> dict[str, tuple[HeadPlan | None, dict]]:
+    interp = make_plan(shape, "interp", "7:1", "query", scores=scores)
+    out: dict[str, tuple[HeadPlan | None, dict]] = {"original": (None, {}), "head-wise 7:1 interp": (interp, {})}
+    for seed in range(random_seeds):
+        out[f"head-wise 7:1 random (seed {seed})"] = (make_plan(shape, "random", "7:1", seed=seed), {})
+    out["head-wise 7:1 retrieval score"] = (make_plan(shape, "retrieval_score", "7:1", scores=scores), {})
+    out["layer-wise 3:1"] = (make_plan(shape, "layerwise", "3:1"), {})
+    out["all GDN"] = (HeadPlan(shape, [[] for _ in range(shape.num_layers)], "kv", {"strategy": "all_gdn"}), {})
+    # (HeadPlan.all_gdn takes a model config; the scores carry only the shape)
+    out["head-wise 7:1 interp, concat fusion"] = (interp, {"fusion": "concat"})
+    out["head-wise 7:1 interp, gate fusion"] = (interp, {"fusion": "gate"})
+    return out
+
+
+@torch.no_grad()
+def heldout_loss(model, tokenizer, length: int, batches: int = 4) -> float:
+    losses = []
+    for step in range(batches):
+        ids = packed_batch(tokenizer, HELDOUT_SEED, step, length, 4)
+        logits = model(input_ids=ids, use_cache=False).logits.float()
+        losses.append(torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten()).item())
+    return sum(losses) / len(losses)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--teacher", default="models/hydrahead-teacher-3m")
+    ap.add_argument("--out", default="runs/comparison")
+    ap.add_argument("--results", default="results/comparison")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--random_seeds", type=int, default=2)
+    ap.add_argument("--limit", type=int, help="samples per task and length (default 20; quick 5)")
+    ap.add_argument("--only", help="comma-separated substrings: run only the variants whose name has one")
+    args = ap.parse_args()
+
+    cfg = PipelineConfig.quick(teacher=args.teacher, out=args.out) if args.quick else PipelineConfig(
+        teacher=args.teacher, out=args.out, limit=20)
+    if args.limit:
+        cfg.limit = args.limit
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    teacher, tokenizer = load_causal_lm(args.teacher)
+    native = int(teacher.config.max_position_embeddings)
+    scores_path = out / "scores.json"
+    if not scores_path.exists():
+        config = ScoreConfig(behaviours=cfg.behaviours, length=native, num_pairs=cfg.num_pairs, seed=cfg.seed)
+        score_heads(teacher, tokenizer, config, args.teacher).save(scores_path)
+    scores = Scores.load(scores_path)
+    shape = ModelShape.of(teacher.config)
+    lengths = [native * f for f in cfg.factors]
+
+    rows = {}
+    for name, (plan, options) in variants(scores, shape, args.random_seeds).items():
+        if args.only and not any(s.strip() in name for s in args.only.split(",")):
+            continue
+        start = time.perf_counter()
+        if plan is None:
+            model = teacher
+        else:
+            folder = out / name.replace(" ", "_").replace(":", "to").replace(",", "").replace("(", "").replace(")", "")
+            folder.mkdir(parents=True, exist_ok=True)
+            plan.save(folder / "plan.json")
+            print(f"== {name}: {plan.summary().splitlines()[1].strip()}", flush=True)
+            model = load_model(train_hybrid(cfg, folder / "plan.json", folder, native, options, progress=True))
+        retrieval = evaluate(model, tokenizer, RETRIEVAL_TASKS, lengths, cfg.limit, cfg.seed, progress=False)
+        general = evaluate(model, tokenizer, GENERAL_TASKS, [native], cfg.limit, cfg.seed, progress=False)
+        kv = (plan or HeadPlan.full_attention(teacher.config)).kv_bytes_per_token()
+        rows[name] = {"kv_bytes_per_token": kv, "retrieval": retrieval.scores, "general": general.scores,
+                      "heldout_loss": round(heldout_loss(model, tokenizer, native), 4),
+                      "minutes": round((time.perf_counter() - start) / 60, 1)}
+        print(f"{name}: {json.dumps(rows[name])}", flush=True)
+
+    folder = new_results_dir(args.results, "comparison")
+    folder.mkdir(parents=True)
+    table = render(rows, lengths)
+    (folder / "comparison.json").write_text(json.dumps({"config": vars(cfg), "rows": rows}, indent=1, default=str))
+    (folder / "comparison.md").write_text(table + "\n")
+    print(table)
+    print(f"results: {folder}")
+
+
+def render(rows: dict, lengths: list[int]) -> str:
+    native = lengths[0]
+    head = ("| variant | KV B/token | " + " | ".join(f"retrieval @{n}" for n in lengths)
+            + " | niah_single_1 @max | vt @native | cwe @native | held-out loss |")
+    lines = [head, "|---|---:|" + "---:|" * (len(lengths) + 4)]
+    for name, r in rows.items():
+        mean = [sum(per[n] for per in r["retrieval"].values()) / len(r["retrieval"]) for n in lengths]
+        lines.append(
+            f"| {name} | {r['kv_bytes_per_token']} | " + " | ".join(f"{m:.1f}" for m in mean)
+            + f" | {r['retrieval']['niah_single_1'][lengths[-1]]:.1f} | {r['general']['vt'][native]:.1f}"
+            f" | {r['general']['cwe'][native]:.1f} | {r['heldout_loss']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
