@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TEACHER := models/hydrahead-teacher-3m
 
-.PHONY: install demo test teacher clean
+.PHONY: install demo demo-quick test teacher clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -15,9 +15,12 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# the whole HydraHead pipeline on the shipped teacher; `make demo-quick` is the few-minute version
 demo: install
-	$(VENV)/bin/hydrahead eval --model $(TEACHER) --tasks niah_single_1,niah_multikey_1,niah_multivalue,vt \
-		--lengths 512,1024,2048,4096 --limit 20 --seed 0 --output_path results/demo --plot
+	$(VENV)/bin/hydrahead pipeline --teacher $(TEACHER) --out runs/demo --results results/demo
+
+demo-quick: install
+	$(VENV)/bin/hydrahead pipeline --teacher $(TEACHER) --out runs/demo-quick --results results/demo-quick --quick
 
 test: install
 	$(PY) -m pytest -q

@@ -11,6 +11,10 @@ _LAZY = {
     "save": "convert",
     "HybridOptions": "attention.options",
     "HybridCache": "cache",
+    "sparse_decoding": "decoding.sparse",
+    "SparseConfig": "decoding.config",
+    "QuantizedKVCache": "kv.cache",
+    "KVCacheFactory": "kv.cache",
 }
 
 

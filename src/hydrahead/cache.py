@@ -97,8 +97,9 @@ def hybrid_layer(cache: Cache, layer_idx: int) -> HybridLayer:
 
 
 def cache_nbytes(cache: Cache) -> int:
-    """The bytes a cache holds: keys and values, plus GDN states for hybrid layers."""
-    return sum(layer.nbytes() if isinstance(layer, HybridLayer) else _nbytes(layer.keys, layer.values)
+    """The bytes a cache holds: keys and values, plus GDN states for hybrid layers; a layer that counts its own
+    bytes (a quantized KV layer) is asked."""
+    return sum(layer.nbytes() if callable(getattr(layer, "nbytes", None)) else _nbytes(layer.keys, layer.values)
                for layer in cache.layers)
 
 

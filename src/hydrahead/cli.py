@@ -24,6 +24,10 @@ def _eval(args) -> int:
         raise HydraheadError("give --tasks (generated data) or --data FILE.jsonl (a RULER-format file)")
     if args.limit is not None and args.limit <= 0:
         raise HydraheadError(f"--limit must be positive, got {args.limit}")
+    cache_factory = _kv_factory(args)
+    from .decoding.cli import describe, sparse_config, sparse_context
+
+    sparse = sparse_config(args)
     depths = [float(d) for d in args.depths.split(",")] if args.depths else (list(DEFAULT_DEPTHS) if args.plot else None)
     tokenizer = load_tokenizer(args.model)  # samples are built (and bad input found) before the model loads
     if args.data is not None:
@@ -39,9 +43,19 @@ def _eval(args) -> int:
                   "depths": depths, "batch_size": args.batch_size}
     model = load_model(args.model)
     config.update(model=str(args.model), native_length=getattr(model.config, "max_position_embeddings", None))
-    result = score_samples(model, tokenizer, samples, args.batch_size, progress=not args.quiet, metric=args.metric)
+    if cache_factory is not None:
+        config["kv_cache"] = cache_factory.describe()
+    if sparse is not None:
+        config["sparse_decode"] = {**sparse.to_dict(), "roles": args.roles}
+    with sparse_context(model, args, sparse) as state:
+        result = score_samples(model, tokenizer, samples, args.batch_size, progress=not args.quiet, metric=args.metric,
+                               cache_factory=cache_factory)
     result.config = config
     print(header_line(str(args.model), result))
+    if cache_factory is not None:
+        print(f"kv cache: {_kv_line(cache_factory.describe())}")
+    if sparse is not None:
+        print(describe(sparse, args, state))
     print(result.table())
     first_task, per_length = next(iter(result.prefill_tokens_per_s.items()))  # all tasks are in metrics.json
     speed = ", ".join(f"{n}: {v:,.0f}" for n, v in sorted(per_length.items()))
@@ -96,20 +110,30 @@ def _generate(args) -> int:
         raise HydraheadError("give exactly one of --prompt TEXT or --prompt_file FILE")
     if args.max_new_tokens <= 0:
         raise HydraheadError(f"--max_new_tokens must be positive, got {args.max_new_tokens}")
+    cache_factory = _kv_factory(args)
+    from .decoding.cli import describe, sparse_config, sparse_context
+
+    sparse = sparse_config(args)
     prompt = args.prompt if args.prompt is not None else _read_text(args.prompt_file)
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model)
     ids = tokenizer(prompt, return_tensors="pt").input_ids
-    with torch.no_grad():
+    with torch.no_grad(), sparse_context(model, args, sparse) as state:
         start = time.perf_counter()
+        cache = cache_factory(model) if cache_factory is not None else None
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens,
-                             do_sample=False, pad_token_id=tokenizer.pad_token_id, return_dict_in_generate=True)
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id, return_dict_in_generate=True,
+                             past_key_values=cache)
         seconds = time.perf_counter() - start
     new = out.sequences[0, ids.shape[1]:]
     print(tokenizer.decode(new, skip_special_tokens=True))
     kind = "hybrid" if is_hybrid(model) else "original"
     print(f"[{kind} model: {ids.shape[1]} prompt tokens, {len(new)} new tokens in {seconds:.2f} s; "
-          f"cache {cache_nbytes(out.past_key_values) / 1024:.1f} KiB]", file=sys.stderr)
+          f"cache {cache_nbytes(out.past_key_values) / 1024:.1f} KiB"
+          + (f"; kv cache {_kv_line(cache_factory.describe())}" if cache_factory is not None else "") + "]",
+          file=sys.stderr)
+    if sparse is not None:
+        print(f"[{describe(sparse, args, state)}]", file=sys.stderr)
     return 0
 
 
@@ -251,6 +275,46 @@ def _distill(args) -> int:
     return 0
 
 
+def _pipeline(args) -> int:
+    from .transfer.pipeline import PipelineConfig, run_pipeline
+
+    settings = {k: getattr(args, k) for k in ("teacher", "out", "ratio", "granularity", "limit", "seed",
+                                              "align_steps", "distill_steps", "long_steps")}
+    settings = {k: v for k, v in settings.items() if v is not None}
+    cfg = PipelineConfig.quick(**settings) if args.quick else PipelineConfig(**settings)
+    run_pipeline(cfg, args.results, progress=not args.quiet)
+    return 0
+
+
+def _kv_factory(args):
+    """The quantized KV cache of --kv-format as a cache factory (None without it), checked before any model loads."""
+    sizes = {"window": args.kv_window, "sink": args.kv_sink, "block_size": args.kv_block}
+    if args.kv_format is None:
+        given = [f"--kv-{name.split('_')[0]}" for name, value in sizes.items() if value is not None]
+        if given:
+            raise HydraheadError(f"{given[0]} needs --kv-format")
+        return None
+    from .kv import KVCacheFactory
+
+    return KVCacheFactory(args.kv_format, **{name: value for name, value in sizes.items() if value is not None})
+
+
+def _kv_line(kv: dict) -> str:
+    return f"{kv['kv_format']} (sink {kv['sink']}, window {kv['window']}, block {kv['block_size']})"
+
+
+def _add_kv_args(parser) -> None:
+    parser.add_argument("--kv-format", "--kv_format", dest="kv_format",
+                        help="quantized KV cache, KEYS:VALUES formats, e.g. tq4:int4, fp8, bf16, int4-token "
+                             "(formats: bf16 fp8 int4 mxfp4 nvfp4 tq4)")
+    parser.add_argument("--kv-window", "--kv_window", dest="kv_window", type=int,
+                        help="recent tokens kept in high precision (default 128)")
+    parser.add_argument("--kv-sink", "--kv_sink", dest="kv_sink", type=int,
+                        help="first tokens kept in high precision (default 4)")
+    parser.add_argument("--kv-block", "--kv_block", dest="kv_block", type=int,
+                        help="tokens quantized together, a multiple of 32 (default 64)")
+
+
 def _read_text(path) -> str:
     from pathlib import Path
 
@@ -316,6 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output_path", help="a folder; each run writes a new subfolder")
     ev.add_argument("--plot", action="store_true", help="write accuracy-vs-length and depth-heatmap PNGs")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_kv_args(ev)
+    from .decoding.cli import add_roles_parser, add_sparse_args
+
+    add_sparse_args(ev)
     ev.set_defaults(func=_eval)
 
     cv = sub.add_parser("convert", help="convert a Qwen3 / Llama model into a head-wise hybrid following a plan")
@@ -334,7 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
     gn.add_argument("--prompt", help="the prompt text")
     gn.add_argument("--prompt_file", help="a file holding the prompt")
     gn.add_argument("--max_new_tokens", type=int, default=32)
+    _add_kv_args(gn)
+    add_sparse_args(gn)
     gn.set_defaults(func=_generate)
+    add_roles_parser(sub)
 
     sc = sub.add_parser("score", help="score every attention head by activation and path patching")
     sc.add_argument("--model", required=True, help="a local HF model directory (the original Transformer)")
@@ -403,6 +474,21 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other config key, e.g. --set kl_weight=2")
     ds.add_argument("--quiet", action="store_true")
     ds.set_defaults(func=_distill)
+
+    pp = sub.add_parser("pipeline", help="score -> plan -> convert -> align -> distill -> long -> evaluate -> report")
+    pp.add_argument("--teacher", default="models/hydrahead-teacher-3m", help="the original model directory")
+    pp.add_argument("--out", default="runs/pipeline", help="the run directory (finished steps are reused)")
+    pp.add_argument("--results", default="results/pipeline", help="a folder; each run writes a new report folder")
+    pp.add_argument("--quick", action="store_true", help="a few minutes: fewer pairs, steps, lengths and samples")
+    pp.add_argument("--ratio")
+    pp.add_argument("--granularity", choices=["query", "kv"])
+    pp.add_argument("--align_steps", "--align-steps", type=int)
+    pp.add_argument("--distill_steps", "--distill-steps", type=int)
+    pp.add_argument("--long_steps", "--long-steps", type=int)
+    pp.add_argument("--limit", type=int, help="evaluation samples per task and length")
+    pp.add_argument("--seed", type=int)
+    pp.add_argument("--quiet", action="store_true")
+    pp.set_defaults(func=_pipeline)
 
     teacher = sub.add_parser("teacher", help="the small teacher model").add_subparsers(dest="teacher_command", required=True)
     tr = teacher.add_parser("train", help="train the teacher from scratch (resumes from OUT/training/checkpoint)")

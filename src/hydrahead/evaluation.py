@@ -136,6 +136,8 @@ def evaluate(model, tokenizer, tasks="niah_single_1", lengths=(512,), limit: int
     result = score_samples(model, tokenizer, samples, batch_size, progress, cache_factory=cache_factory)
     result.config = {"tasks": [t.name for t in parse_tasks(tasks)], "lengths": parse_lengths(lengths),
                      "limit": limit, "seed": seed, "depths": list(depths) if depths else None, "batch_size": batch_size}
+    if callable(getattr(cache_factory, "describe", None)):  # e.g. a quantized KV cache's format and window
+        result.config["kv_cache"] = cache_factory.describe()
     return result
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import HydraheadError
@@ -18,6 +18,7 @@ from .errors import HydraheadError
 FORMAT = "hydrahead.plan/1"
 GRANULARITIES = ("query", "kv")
 GDN_STATE_BYTES_PER_VALUE = 4  # the recurrent state is kept in float32
+DECODE_ROLES = ("retrieval", "sparse")  # LycheeDecode: a KV head selects tokens at decode, or reuses them
 
 
 class PlanError(HydraheadError):
@@ -69,15 +70,19 @@ class ModelShape:
 
 @dataclass
 class HeadPlan:
-    """Per layer, the sorted query-head indices that run FA; every other head runs GDN."""
+    """Per layer, the sorted query-head indices that run FA; every other head runs GDN. Optionally, per
+    layer and KV head, the decode role of sparse decoding ("retrieval" or "sparse"; layer 0 retrieval)."""
 
     shape: ModelShape
     fa_heads: list[list[int]]
     granularity: str = "query"
     meta: dict = field(default_factory=dict)
+    decode_roles: list[list[str]] | None = None
 
     def __post_init__(self):
         self.fa_heads = [sorted(int(h) for h in layer) for layer in self.fa_heads]
+        if self.decode_roles is not None:
+            self.decode_roles = [list(layer) if isinstance(layer, (list, tuple)) else layer for layer in self.decode_roles]
         self.validate()
 
     # ---- construction -------------------------------------------------------------------------
@@ -132,6 +137,33 @@ class HeadPlan:
                             f"layer {layer}: at kv granularity KV group {kv} (query heads {sorted(group)}) must be "
                             f"all FA or all GDN, but only {sorted(group & set(heads))} are FA"
                         )
+        self._validate_roles()
+
+    def _validate_roles(self) -> None:
+        roles, s = self.decode_roles, self.shape
+        if roles is None:
+            return
+        if not isinstance(roles, list) or len(roles) != s.num_layers:
+            n = len(roles) if isinstance(roles, list) else type(roles).__name__
+            raise PlanError(f"decode_roles lists {n} layers but the model has {s.num_layers}")
+        for layer, per_kv in enumerate(roles):
+            if not isinstance(per_kv, list) or len(per_kv) != s.num_kv_heads:
+                raise PlanError(f"decode_roles layer {layer}: expected one role per KV head ({s.num_kv_heads}), got {per_kv!r}")
+            bad = [r for r in per_kv if r not in DECODE_ROLES]
+            if bad:
+                raise PlanError(f"decode_roles layer {layer}: unknown role {bad[0]!r}; use one of {DECODE_ROLES}")
+        if any(r != "retrieval" for r in roles[0]):
+            raise PlanError(f"decode_roles: every KV head of layer 0 must be retrieval (nothing below it to reuse), got {roles[0]}")
+
+    def with_roles(self, roles, **meta) -> HeadPlan:
+        """A copy of this plan with decode roles ([L][KV] of "retrieval" / "sparse"; layer 0 retrieval)."""
+        return replace(self, fa_heads=[list(h) for h in self.fa_heads], meta={**self.meta, **meta},
+                       decode_roles=[list(layer) for layer in roles])
+
+    @property
+    def num_retrieval(self) -> int:
+        """KV heads with the retrieval decode role (0 without roles)."""
+        return sum(r == "retrieval" for layer in self.decode_roles or [] for r in layer)
 
     def check_model(self, config) -> None:
         """Raise unless this plan was made for a model of `config`'s shape."""
@@ -216,7 +248,9 @@ class HeadPlan:
         ]
         for layer in range(self.shape.num_layers):
             kinds = "".join("F" if k == "fa" else "." for k in self.kinds(layer))
-            lines.append(f"  layer {layer:3d}  {kinds}  FA heads {self.fa_heads[layer]}  cached KV {self.fa_kv_heads(layer)}")
+            roles = "".join(r[0].upper() for r in self.decode_roles[layer]) if self.decode_roles else ""
+            lines.append(f"  layer {layer:3d}  {kinds}  FA heads {self.fa_heads[layer]}  cached KV {self.fa_kv_heads(layer)}"
+                         + (f"  decode roles {roles}" if roles else ""))
         return "\n".join(lines)
 
     # ---- JSON ---------------------------------------------------------------------------------
@@ -228,6 +262,7 @@ class HeadPlan:
             "granularity": self.granularity,
             "fa_heads": self.fa_heads,
             "meta": self.meta,
+            **({"decode_roles": self.decode_roles} if self.decode_roles is not None else {}),
         }
 
     @classmethod
@@ -236,7 +271,8 @@ class HeadPlan:
             raise PlanError(f"{source} is not a hydrahead head plan (expected \"format\": \"{FORMAT}\")")
         try:
             shape = ModelShape(**data["model"])
-            return cls(shape, data["fa_heads"], data.get("granularity", "query"), data.get("meta", {}))
+            return cls(shape, data["fa_heads"], data.get("granularity", "query"), data.get("meta", {}),
+                       data.get("decode_roles"))
         except (KeyError, TypeError) as e:
             raise PlanError(f"{source}: malformed head plan ({e!r})") from None
 
@@ -244,8 +280,8 @@ class HeadPlan:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(self.to_dict(), indent=1)
-        # one line per layer: collapse the innermost lists of head indices
-        text = re.sub(r"\[[\d,\s]*\]", lambda m: json.dumps(json.loads(m.group(0))), text)
+        # one line per layer: collapse the innermost lists of head indices (and of decode roles)
+        text = re.sub(r'\[[-\d.,\s]*\]|\[(?:\s*"(?:retrieval|sparse)",?)+\s*\]', lambda m: json.dumps(json.loads(m.group(0))), text)
         path.write_text(text + "\n")
         return path
 

@@ -2,6 +2,9 @@
 
 A format quantizes a [..., T, D] tensor of keys or values into a QTensor and back; `get_format`
 builds one by name and `parse_kv_format` reads a "key:value" spec such as "tq4:int4".
+
+The quantized KV cache built on them (`QuantizedKVCache`, `KVCacheFactory`, `blockwise_attention`) loads
+transformers, so its names are imported on first use.
 """
 
 from __future__ import annotations
@@ -48,7 +51,30 @@ def parse_kv_format(spec: str) -> tuple[str, str]:
     return (parts[0], parts[-1])
 
 
-__all__ = [
+# the cache side of the package, imported on first use
+_LAZY = {
+    "QuantizedKVCache": "cache",
+    "QuantizedHybridLayer": "cache",
+    "KVCacheFactory": "cache",
+    "QuantizedKVLayer": "layer",
+    "KVCacheError": "layer",
+    "KVView": "view",
+    "blockwise_attention": "attention",
+    "use_blockwise_attention": "attention",
+    "parse_cache_spec": "spec",
+    "canonical_spec": "spec",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(name)
+
+
+__all__ = [  # noqa: RUF022 - the codecs, then the lazily imported cache names
     "FORMATS",
     "BF16Format",
     "FP8Format",
@@ -61,4 +87,14 @@ __all__ = [
     "TQ4Format",
     "get_format",
     "parse_kv_format",
+    "KVCacheError",
+    "KVCacheFactory",
+    "KVView",
+    "QuantizedHybridLayer",
+    "QuantizedKVCache",
+    "QuantizedKVLayer",
+    "blockwise_attention",
+    "canonical_spec",
+    "parse_cache_spec",
+    "use_blockwise_attention",
 ]

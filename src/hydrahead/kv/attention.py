@@ -1,0 +1,111 @@
+"""Attention over a quantized KV cache, one block at a time with an online softmax (flash-style).
+
+Registered in transformers' AttentionInterface as "hydrahead_blockwise". It reads the KVView that a
+QuantizedKVLayer returns from `update`; plain key/value tensors (any other cache, or none) go to sdpa, so
+switching a model to it changes nothing else. While a view holds no quantized block yet (the prefill of a
+fresh cache) it also runs sdpa, on the high-precision tokens.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from .view import KVView
+
+ATTENTION_NAME = "hydrahead_blockwise"
+
+
+def blockwise_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """query [B, Hq, Q, D]; key and value the same KVView (or tensors [B, Hkv, T, D]). Returns ([B, Q, Hq, D], None).
+
+    The blockwise path serves inference over a cache: it applies no dropout and returns no weights.
+    """
+    if not isinstance(key, KVView):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    if not key.blocks:
+        keys, values = key.dense()
+        return sdpa_attention_forward(module, query, keys, values, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    return online_softmax_attention(query, key, attention_mask, scaling).to(query.dtype), None
+
+
+def online_softmax_attention(query: torch.Tensor, view: KVView, mask: torch.Tensor | None, scaling: float) -> torch.Tensor:
+    """softmax(q k^T * scaling + mask) v over the view's chunks in float32; -> [B, Q, Hq, D].
+
+    The running max `m`, normaliser `l` and unnormalised output `acc` are rescaled as each chunk raises
+    the max, so only one chunk's scores and dequantized values exist at a time. `mask` is sdpa's
+    ([B, 1 | Hq, Q, T], True = attend), an additive float mask, or None (causal, no padding).
+    """
+    B, Hq, Q, D = query.shape
+    H = view.num_heads
+    G = Hq // H
+    q = (query.float() * scaling).reshape(B, H, G * Q, D)  # rows (group member, query) per KV head
+    m = q.new_full((B, H, G * Q, 1), float("-inf"))
+    l = q.new_zeros((B, H, G * Q, 1))
+    acc = q.new_zeros((B, H, G * Q, D))
+    T = view.num_tokens
+    for start, keys, values in view.chunks():
+        s = view.scores(q, keys)  # [B, H, G*Q, t]
+        t = s.shape[-1]
+        bias = _bias(mask, start, t, T, Q, B, H, G, s.device)
+        if bias is not None:
+            s = (s.view(B, H, G, Q, t) + bias).view(B, H, G * Q, t)
+        m_new = torch.maximum(m, s.amax(-1, keepdim=True))
+        # rows that have seen no visible key yet keep m = -inf; exp(-inf - 0) = 0 keeps them empty
+        m_safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
+        p = torch.exp(s - m_safe)
+        alpha = torch.exp(m - m_safe)
+        l = l * alpha + p.sum(-1, keepdim=True)
+        acc = acc * alpha + p @ view.values(values)
+        m = m_new
+    out = acc / torch.where(l > 0, l, torch.ones_like(l))  # fully masked rows (padding queries) give zeros
+    return out.view(B, H, G, Q, D).reshape(B, Hq, Q, D).transpose(1, 2)
+
+
+def _bias(mask, start: int, t: int, T: int, Q: int, B: int, H: int, G: int, device) -> torch.Tensor | None:
+    """The mask for keys [start, start + t) as an additive float32 bias broadcastable to [B, H, G, Q, t]."""
+    if mask is None:
+        if Q == 1:
+            return None
+        # sdpa's skipped causal mask, bottom-right aligned: query i sees keys up to T - Q + i
+        keys = torch.arange(start, start + t, device=device)
+        queries = torch.arange(T - Q, T, device=device)
+        return torch.where(keys[None, :] <= queries[:, None], 0.0, float("-inf"))  # [Q, t]
+    part = mask[..., start:start + t]
+    part = part.reshape(B, 1, 1, Q, t) if part.shape[1] == 1 else part.reshape(B, H, G, Q, t)
+    return torch.where(part, 0.0, float("-inf")) if part.dtype == torch.bool else part.float()
+
+
+def register() -> None:
+    """Make "hydrahead_blockwise" a valid attention implementation (with sdpa's masks); idempotent."""
+    AttentionInterface.register(ATTENTION_NAME, blockwise_attention_forward)
+    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+
+
+def use_blockwise_attention(model) -> None:
+    """Switch `model` to the blockwise attention for good (it runs sdpa for every other cache)."""
+    register()
+    if model.config._attn_implementation != ATTENTION_NAME:
+        model.set_attn_implementation(ATTENTION_NAME)
+
+
+@contextmanager
+def blockwise_attention(model):
+    """Run `model` with the blockwise attention inside the block; its previous implementation comes back after."""
+    previous = model.config._attn_implementation
+    use_blockwise_attention(model)
+    try:
+        yield model
+    finally:
+        if previous != ATTENTION_NAME:
+            model.set_attn_implementation(previous)
+
+
+register()
