@@ -128,14 +128,20 @@ def activation_patching(model, batch: PairBatch, runs: Runs, units: list[Unit], 
             site.patches = {
                 layer: swap_heads(mask, runs.source_heads[layer]) for layer, mask in unit_masks(chunk, site.shape).items()
             }
-            ids, mask = replicate(runs.base_ids, batch.mask, len(chunk))
-            with start_at(model, start, runs.start(start, len(chunk))):
-                effects = runs.effect(logit_diff(last_logits(model, ids, mask), batch))
-            done = {name: float(e) for (name, _), e in zip(chunk, effects)}
-            results.update(done)
-            if on_chunk:
-                on_chunk(done)
+            measure(model, batch, runs, chunk, start, results, on_chunk)
     return results
+
+
+def measure(model, batch: PairBatch, runs: Runs, chunk: list[Unit], start: int, results: dict[str, float],
+            on_chunk: OnChunk | None) -> None:
+    """Run the chunk's replicas (patches already set) from layer `start`; record and report each unit's effect."""
+    ids, mask = replicate(runs.base_ids, batch.mask, len(chunk))
+    with start_at(model, start, runs.start(start, len(chunk))):
+        effects = runs.effect(logit_diff(last_logits(model, ids, mask), batch))
+    done = {name: float(e) for (name, _), e in zip(chunk, effects)}
+    results.update(done)
+    if on_chunk:
+        on_chunk(done)
 
 
 def attribution_patching(model, batch: PairBatch, runs: Runs, units: list[Unit]) -> dict[str, float]:

@@ -22,12 +22,11 @@ from .heads import (
     HeadSite,
     StopForward,
     last_logits,
-    logit_diff,
     replicas_per_forward,
     replicate,
     start_at,
 )
-from .patching import OnChunk, Runs, Unit, chunks, unit_masks
+from .patching import OnChunk, Runs, Unit, chunks, measure, unit_masks
 
 
 def _frozen(mask: torch.Tensor, base: torch.Tensor, source: torch.Tensor):
@@ -90,11 +89,5 @@ def path_patching(model, batch: PairBatch, runs: Runs, receivers: list[tuple[int
             recorded = {layer: site.recorded[layer][:, :, hs].clone() for layer, hs in active.items()}
             site.reset()
             site.patches = {layer: _receivers_from(recorded[layer], hs) for layer, hs in active.items()}
-            first = min(active)
-            with start_at(model, first, runs.start(first, len(chunk))):
-                effects = runs.effect(logit_diff(last_logits(model, ids, mask), batch))
-            done = {name: float(e) for (name, _), e in zip(chunk, effects)}
-            results.update(done)
-            if on_chunk:
-                on_chunk(done)
+            measure(model, batch, runs, chunk, min(active), results, on_chunk)
     return results
