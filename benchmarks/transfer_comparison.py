@@ -6,7 +6,8 @@ the native length, and a "general" metric at native length (held-out next-token 
 mixture, vt and cwe). Variants: the original Transformer (untrained further), head-wise 7:1 with
 interpretability-chosen heads, with random heads, by retrieval score, layer-wise 3:1, all-GDN, and the
 fusion ablation (concat, gate) on the 7:1 interp plan. Each variant's runs are kept in --out and reused,
-so the script can be stopped and run again.
+so the script can be stopped and run again, and several copies of the same command started side by side
+share the variants out between them (on 2 cores: two copies with OMP_NUM_THREADS=1).
 
     python benchmarks/transfer_comparison.py --out runs/comparison            # the README's table
     python benchmarks/transfer_comparison.py --quick --out runs/comparison-q  # minutes, for a smoke run
@@ -16,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
 import torch
 
 from hydrahead.evaluation import evaluate, new_results_dir
+from hydrahead.jsonfile import write_json_atomic
 from hydrahead.models import load_causal_lm, load_model
 from hydrahead.plan import HeadPlan, ModelShape
 from hydrahead.selection import ScoreConfig, Scores, make_plan, score_heads
@@ -66,6 +69,7 @@ def main() -> None:
     ap.add_argument("--random_seeds", type=int, default=2)
     ap.add_argument("--limit", type=int, help="samples per task and length (default 20; quick 5)")
     ap.add_argument("--only", help="comma-separated substrings: run only the variants whose name has one")
+    ap.add_argument("--render", action="store_true", help="train nothing: tabulate the variants measured so far")
     args = ap.parse_args()
 
     cfg = PipelineConfig.quick(teacher=args.teacher, out=args.out) if args.quick else PipelineConfig(
@@ -86,23 +90,37 @@ def main() -> None:
 
     rows = {}
     for name, (plan, options) in variants(scores, shape, args.random_seeds).items():
-        if args.only and not any(s.strip() in name for s in args.only.split(",")):
+        folder = out / slug(name)
+        row_path = folder / "row.json"
+        selected = not args.only or any(s.strip() in name for s in args.only.split(","))
+        if row_path.exists():  # measured before (maybe by another process): reuse, so runs can be split and resumed
+            row = json.loads(row_path.read_text())
+            if row.get("limit") == cfg.limit and row.get("lengths") == lengths:
+                rows[name] = row
+                continue
+            print(f"{row_path} was measured with other settings: measuring again", flush=True)
+        if not selected or args.render:
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        if not claim(folder):
+            print(f"== {name}: another process is on it; skipped", flush=True)
             continue
         start = time.perf_counter()
         if plan is None:
             model = teacher
         else:
-            folder = out / name.replace(" ", "_").replace(":", "to").replace(",", "").replace("(", "").replace(")", "")
-            folder.mkdir(parents=True, exist_ok=True)
             plan.save(folder / "plan.json")
             print(f"== {name}: {plan.summary().splitlines()[1].strip()}", flush=True)
             model = load_model(train_hybrid(cfg, folder / "plan.json", folder, native, options, progress=True))
         retrieval = evaluate(model, tokenizer, RETRIEVAL_TASKS, lengths, cfg.limit, cfg.seed, progress=False)
         general = evaluate(model, tokenizer, GENERAL_TASKS, [native], cfg.limit, cfg.seed, progress=False)
         kv = (plan or HeadPlan.full_attention(teacher.config)).kv_bytes_per_token()
-        rows[name] = {"kv_bytes_per_token": kv, "retrieval": retrieval.scores, "general": general.scores,
-                      "heldout_loss": round(heldout_loss(model, tokenizer, native), 4),
-                      "minutes": round((time.perf_counter() - start) / 60, 1)}
+        row = {"kv_bytes_per_token": kv, "retrieval": retrieval.scores, "general": general.scores,
+               "heldout_loss": round(heldout_loss(model, tokenizer, native), 4),
+               "minutes": round((time.perf_counter() - start) / 60, 1), "limit": cfg.limit, "lengths": lengths}
+        rows[name] = json.loads(json.dumps(row))  # the same string-keyed form a reused row has
+        write_json_atomic(row_path, rows[name])
+        (folder / "claim").unlink()
         print(f"{name}: {json.dumps(rows[name])}", flush=True)
 
     folder = new_results_dir(args.results, "comparison")
@@ -110,12 +128,71 @@ def main() -> None:
     table = render(rows, lengths)
     (folder / "comparison.json").write_text(json.dumps({"config": vars(cfg), "rows": rows}, indent=1, default=str))
     (folder / "comparison.md").write_text(table + "\n")
+    plot(rows, lengths, folder / "comparison.png")
     print(table)
     print(f"results: {folder}")
 
 
+def claim(folder: Path) -> bool:
+    """Take a variant for this process, so that several processes started with the same command share the
+    variants out between them. A claim whose process is gone (killed) is taken over."""
+    path = folder / "claim"
+    try:
+        owner = int(path.read_text())
+        os.kill(owner, 0)
+        return owner == os.getpid()
+    except FileNotFoundError:
+        pass
+    except (ValueError, ProcessLookupError):
+        path.unlink(missing_ok=True)  # its process was killed
+    tmp = folder / f"claim.{os.getpid()}"
+    tmp.write_text(str(os.getpid()))
+    try:
+        os.link(tmp, path)  # atomic: fails if another process claimed it first
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
+
+
+def plot(rows: dict, lengths: list[int], path: Path) -> Path:
+    """Two panels against context length: the mean of the four retrieval tasks, and niah_single_1."""
+    from hydrahead.plots import _pyplot
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True)
+    keys = [str(n) for n in lengths]
+    for i, (name, r) in enumerate(rows.items()):
+        style = {"color": "black", "linewidth": 2.5} if name == "original" else {"color": f"C{i % 10}"}
+        if "random" in name:
+            style["linestyle"] = "--"
+        mean = [sum(per[k] for per in r["retrieval"].values()) / len(r["retrieval"]) for k in keys]
+        axes[0].plot(lengths, mean, marker="o", label=f"{name} ({r['kv_bytes_per_token']} B/token)", **style)
+        axes[1].plot(lengths, [r["retrieval"]["niah_single_1"][k] for k in keys], marker="o", **style)
+    for ax, title in zip(axes, ("mean of niah_single_1, niah_multikey_1, niah_multivalue, vt", "niah_single_1")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(lengths, [str(n) for n in lengths])
+        ax.minorticks_off()
+        ax.axvline(lengths[0], color="grey", linestyle=":")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("context length (tokens; the teacher's native length is the first)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("score (%)")
+    axes[0].set_ylim(-3, 103)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
+    fig.subplots_adjust(bottom=0.3)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def slug(name: str) -> str:
+    return name.replace(" ", "_").replace(":", "to").replace(",", "").replace("(", "").replace(")", "")
+
+
 def render(rows: dict, lengths: list[int]) -> str:
-    native = lengths[0]
+    native, lengths = str(lengths[0]), [str(n) for n in lengths]  # rows are JSON: lengths are string keys
     head = ("| variant | KV B/token | " + " | ".join(f"retrieval @{n}" for n in lengths)
             + " | niah_single_1 @max | vt @native | cwe @native | held-out loss |")
     lines = [head, "|---|---:|" + "---:|" * (len(lengths) + 4)]
