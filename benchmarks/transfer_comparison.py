@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -36,9 +37,11 @@ GENERAL_TASKS = "vt,cwe"
 HELDOUT_SEED = 10_000  # batches the training never draws (training uses seed 0, steps from 0)
 
 
-def variants(scores: Scores, shape: ModelShape, random_seeds: int) -> dict[str, tuple[HeadPlan | None, dict]]:
+def variants(scores: Scores, shape: ModelShape, random_seeds: int, train_seeds: int) -> dict[str, tuple[HeadPlan | None, dict]]:
     interp = make_plan(shape, "interp", "7:1", "query", scores=scores)
     out: dict[str, tuple[HeadPlan | None, dict]] = {"original": (None, {}), "head-wise 7:1 interp": (interp, {})}
+    for seed in range(1, train_seeds):  # the same plan trained again from another seed: the training noise
+        out[f"head-wise 7:1 interp (train seed {seed})"] = (interp, {"train_seed": seed})
     for seed in range(random_seeds):
         out[f"head-wise 7:1 random (seed {seed})"] = (make_plan(shape, "random", "7:1", seed=seed), {})
     out["head-wise 7:1 retrieval score"] = (make_plan(shape, "retrieval_score", "7:1", scores=scores), {})
@@ -66,7 +69,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/comparison")
     ap.add_argument("--results", default="results/comparison")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--random_seeds", type=int, default=2)
+    ap.add_argument("--random_seeds", type=int, default=3, help="random 7:1 plans, each trained with seed 0")
+    ap.add_argument("--train_seeds", type=int, default=2, help="trainings of the interp 7:1 plan (seeds 0..N-1)")
     ap.add_argument("--limit", type=int, help="samples per task and length (default 20; quick 5)")
     ap.add_argument("--only", help="comma-separated substrings: run only the variants whose name has one")
     ap.add_argument("--render", action="store_true", help="train nothing: tabulate the variants measured so far")
@@ -89,7 +93,7 @@ def main() -> None:
     lengths = [native * f for f in cfg.factors]
 
     rows = {}
-    for name, (plan, options) in variants(scores, shape, args.random_seeds).items():
+    for name, (plan, options) in variants(scores, shape, args.random_seeds, args.train_seeds).items():
         folder = out / slug(name)
         row_path = folder / "row.json"
         selected = not args.only or any(s.strip() in name for s in args.only.split(","))
@@ -111,7 +115,9 @@ def main() -> None:
         else:
             plan.save(folder / "plan.json")
             print(f"== {name}: {plan.summary().splitlines()[1].strip()}", flush=True)
-            model = load_model(train_hybrid(cfg, folder / "plan.json", folder, native, options, progress=True))
+            options = dict(options)
+            train_cfg = replace(cfg, seed=options.pop("train_seed", cfg.seed))  # evaluation keeps cfg.seed
+            model = load_model(train_hybrid(train_cfg, folder / "plan.json", folder, native, options, progress=True))
         retrieval = evaluate(model, tokenizer, RETRIEVAL_TASKS, lengths, cfg.limit, cfg.seed, progress=False)
         general = evaluate(model, tokenizer, GENERAL_TASKS, [native], cfg.limit, cfg.seed, progress=False)
         kv = (plan or HeadPlan.full_attention(teacher.config)).kv_bytes_per_token()
