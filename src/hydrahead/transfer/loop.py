@@ -1,6 +1,6 @@
 """One training loop under all three stages: AdamW with warmup and cosine decay, gradient
 accumulation, a progress bar, a metrics log and its plot, atomic checkpoints, resume, and
-torch.distributed when launched with torchrun: DDP or FSDP (fully_shard, one unit per decoder layer),
+torch.distributed when launched with torchrun: DDP, or FSDP (fully_shard, a unit per attention and per layer),
 gloo on CPU, nccl on GPUs.
 
 A run killed at any point and started again with the same config resumes from its last checkpoint
