@@ -259,7 +259,7 @@ def _distill(args) -> int:
 
     overrides = {k: getattr(args, k) for k in (
         "stage", "teacher", "plan", "init", "out", "steps", "seq_len", "batch_size", "micro_batch", "lr", "warmup",
-        "seed", "checkpoint_every", "max_minutes")}
+        "seed", "checkpoint_every", "max_minutes", "parallel")}
     for item in args.set or []:
         key, sep, value = item.partition("=")
         if not sep:
@@ -471,6 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--seed", type=int)
     ds.add_argument("--checkpoint_every", "--checkpoint-every", type=int)
     ds.add_argument("--max_minutes", "--max-minutes", type=float, help="stop with a checkpoint; rerun to resume")
+    ds.add_argument("--parallel", choices=["auto", "ddp", "fsdp"],
+                    help="under torchrun: a replica per process (ddp) or sharded (fsdp); auto: fsdp on GPUs, else ddp")
     ds.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other config key, e.g. --set kl_weight=2")
     ds.add_argument("--quiet", action="store_true")
     ds.set_defaults(func=_distill)

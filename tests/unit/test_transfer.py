@@ -149,15 +149,21 @@ def test_config_from_yaml_with_overrides_and_clear_errors(tiny, tmp_path):
         load_config(path, {"init": "somewhere"})
     with pytest.raises(TransferError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+    with pytest.raises(TransferError, match="parallel must be one of auto, ddp, fsdp"):
+        load_config(path, {"parallel": "zero3"})
     assert main(["distill", "--config", str(path), "--set", "kl_weigth=2", "--out", str(tmp_path / "x")]) == 2
 
 
-def test_two_processes_with_torchrun_equal_one_process(tiny, tmp_path):
-    one = weights(train_stage(config_for(tiny, "one", steps=3), progress=False))
+@pytest.mark.parametrize(("stage", "parallel"), [("align", "ddp"), ("align", "fsdp"), ("distill", "fsdp")])
+def test_two_processes_with_torchrun_equal_one_process(tiny, tmp_path, stage, parallel):
+    """DDP and FSDP (sharded, gloo on CPU) with the same global batch train the same weights as one process;
+    align freezes all but the attention, distill trains everything (tied embeddings included)."""
+    one = weights(train_stage(config_for(tiny, f"one-{stage}", stage=stage, steps=3), progress=False))
+    two_dir = tiny / f"two-{stage}-{parallel}"
     cfg = tmp_path / "run.yaml"
     cfg.write_text(
-        f"stage: align\nteacher: {tiny / 'teacher'}\nplan: {tiny / 'plan.json'}\nout: {tiny / 'two'}\nsteps: 3\n"
-        "seq_len: 64\nbatch_size: 4\nmicro_batch: 2\nlr: 3.0e-3\nwarmup: 2\ncheckpoint_every: 2\n"
+        f"stage: {stage}\nteacher: {tiny / 'teacher'}\nplan: {tiny / 'plan.json'}\nout: {two_dir}\nsteps: 3\n"
+        f"seq_len: 64\nbatch_size: 4\nmicro_batch: 2\nlr: 3.0e-3\nwarmup: 2\ncheckpoint_every: 2\nparallel: {parallel}\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
@@ -166,6 +172,6 @@ def test_two_processes_with_torchrun_equal_one_process(tiny, tmp_path):
         capture_output=True, text=True, env=env, timeout=300, check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    two = weights(tiny / "two" / "model")
+    two = weights(two_dir / "model")
     for k in one:
         torch.testing.assert_close(two[k], one[k], atol=2e-5, rtol=1e-4)

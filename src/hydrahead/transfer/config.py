@@ -9,6 +9,7 @@ from pathlib import Path
 from ..errors import HydraheadError
 
 STAGES = ("align", "distill", "long")
+PARALLEL = ("auto", "ddp", "fsdp")
 
 
 class TransferError(HydraheadError):
@@ -39,8 +40,11 @@ class TransferConfig:
     mixture: dict[str, float] | None = None  # task -> weight; default: the teacher's corpus mixture
     options: dict = field(default_factory=dict)  # HybridOptions for the conversion (fusion, fa_position, ...)
     max_minutes: float | None = None  # stop with a checkpoint after this long; run again to resume
+    parallel: str = "auto"  # under torchrun: ddp (a replica per process) | fsdp (sharded) | auto (fsdp on GPUs)
 
     def check(self) -> None:
+        if self.parallel not in PARALLEL:
+            raise TransferError(f"parallel must be one of {', '.join(PARALLEL)}, not {self.parallel!r}")
         if self.stage not in STAGES:
             raise TransferError(f"stage must be one of {', '.join(STAGES)}, not {self.stage!r}")
         for name in ("steps", "seq_len", "batch_size", "micro_batch", "checkpoint_every"):

@@ -1,6 +1,7 @@
 """One training loop under all three stages: AdamW with warmup and cosine decay, gradient
 accumulation, a progress bar, a metrics log and its plot, atomic checkpoints, resume, and
-torch.distributed (DDP; gloo on CPU, nccl on GPU) when launched with torchrun.
+torch.distributed when launched with torchrun: DDP, or FSDP (fully_shard, a unit per attention and per layer),
+gloo on CPU, nccl on GPUs.
 
 A run killed at any point and started again with the same config resumes from its last checkpoint
 and ends with the same weights as a run that was never interrupted: the data of a step depends only
@@ -54,9 +55,28 @@ class Distributed:
     def main(self) -> bool:
         return self.rank == 0
 
-    def wrap(self, model):
+    def strategy(self, parallel: str) -> str:
         if self.world == 1:
+            return "none"
+        if parallel == "auto":  # sharding pays where memory is short (GPUs); on CPU a replica is simpler
+            return "fsdp" if self.device.startswith("cuda") else "ddp"
+        return parallel
+
+    def wrap(self, model, parallel: str):
+        strategy = self.strategy(parallel)
+        if strategy == "none":
             return model
+        if strategy == "fsdp":
+            from torch.distributed.fsdp import fully_shard
+
+            # a unit per attention and per decoder layer, so only one layer's full weights exist at a time;
+            # the root keeps the embeddings, the final norm and the head. The attention is a unit of its own
+            # because align's loss reads its output directly: FSDP re-gathers a unit's weights for backward
+            # only from hooks on that unit's outputs. The modules stay the same objects (FSDP2).
+            for layer in model.model.layers:
+                fully_shard(layer.self_attn)
+                fully_shard(layer)
+            return fully_shard(model)
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [torch.device(self.device).index] if self.device.startswith("cuda") else None
@@ -72,14 +92,14 @@ class Distributed:
             torch.distributed.destroy_process_group()
 
 
-def _models(config: TransferConfig, stage, device: str):
+def _models(config: TransferConfig, stage, device: str, with_teacher: bool = True):
     from ..attention import HybridOptions
     from ..convert import convert, is_hybrid
     from ..models import load_model, load_tokenizer
     from ..plan import HeadPlan
 
     tokenizer = load_tokenizer(config.teacher)
-    teacher = load_model(config.teacher, device=device) if stage.needs_teacher else None
+    teacher = load_model(config.teacher, device=device) if stage.needs_teacher and with_teacher else None
     if teacher is not None:
         if is_hybrid(teacher):
             raise TransferError(f"the teacher {config.teacher} is a hybrid; give the original model")
@@ -115,15 +135,15 @@ def train_stage(config: TransferConfig, progress: bool = True) -> Path | None:
     stage = make_stage(config)
     tokenizer, teacher, student = _models(config, stage, dist.device)
     student.requires_grad_(False)
-    params = stage.trainable(student)
-    for p in params:
+    for p in stage.trainable(student):
         p.requires_grad_(True)
     student.train()
+    model = dist.wrap(student, config.parallel)
+    params = stage.trainable(student)  # after wrapping: FSDP replaces the parameters with sharded ones
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
     step = 0
     if has_checkpoint(work):
-        step = load_checkpoint(work, student, optimizer, config, trim_log=dist.main)
-    model = dist.wrap(student)
+        step = load_checkpoint(work, model, optimizer, config, trim_log=dist.main)
     accumulate = config.batch_size // (config.micro_batch * dist.world)
     if dist.main:
         work.mkdir(parents=True, exist_ok=True)
@@ -152,6 +172,8 @@ def train_stage(config: TransferConfig, progress: bool = True) -> Path | None:
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v / accumulate
             grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
+                grad_norm = grad_norm.full_tensor()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -165,8 +187,7 @@ def train_stage(config: TransferConfig, progress: bool = True) -> Path | None:
                 bar.update(1)
             out_of_time = config.max_minutes is not None and time.time() - started > config.max_minutes * 60
             if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
-                if dist.main:
-                    save_checkpoint(work, student, optimizer, step, config)
+                save_checkpoint(work, model, optimizer, step, config, write=dist.main)
                 dist.barrier()
             if out_of_time and step < config.steps:
                 if dist.main:
@@ -174,6 +195,8 @@ def train_stage(config: TransferConfig, progress: bool = True) -> Path | None:
                 return None
         bar.close()
         if dist.main:
+            if dist.strategy(config.parallel) == "fsdp":  # the weights are sharded: save the gathered ones
+                student = _unsharded(config, stage, work)
             model_dir = save(student, out / "model", tokenizer)
             _finish(work, out, config)
             return model_dir
@@ -182,6 +205,15 @@ def train_stage(config: TransferConfig, progress: bool = True) -> Path | None:
         if log is not None:
             log.close()
         dist.close()
+
+
+def _unsharded(config: TransferConfig, stage, work: Path):
+    """The trained student as one plain model on the CPU, from the final checkpoint (saved at the last step)."""
+    from safetensors.torch import load_file
+
+    _, _, student = _models(config, stage, "cpu", with_teacher=False)
+    student.load_state_dict(load_file(str(work / "checkpoint" / "model.safetensors")))
+    return student
 
 
 def _finish(work: Path, out: Path, config: TransferConfig) -> None:
