@@ -4,10 +4,13 @@ Every hybrid variant gets the same three stages with the same token budget (alig
 context), then the same evaluation: niah_single_1, niah_multikey_1, niah_multivalue and vt at 1x-16x
 the native length, and a "general" metric at native length (held-out next-token loss on the corpus
 mixture, vt and cwe). Variants: the original Transformer (untrained further), head-wise 7:1 with
-interpretability-chosen heads, with random heads, by retrieval score, layer-wise 3:1, all-GDN, and the
-fusion ablation (concat, gate) on the 7:1 interp plan. Each variant's runs are kept in --out and reused,
-so the script can be stopped and run again, and several copies of the same command started side by side
-share the variants out between them (on 2 cores: two copies with OMP_NUM_THREADS=1).
+interpretability-chosen heads (trained from two seeds), with random heads (three plans), by retrieval
+score, layer-wise 3:1, all-GDN, all-FA through the same stages (a control: the training alone), and the
+fusion ablation (concat, gate) on the 7:1 interp plan. The "after align" column is the mean retrieval
+score at native length right after stage 1, where the choice of heads has had the least training to
+make up for. Each variant's runs are kept in --out and reused, so the script can be stopped and run
+again, and several copies of the same command started side by side share the variants out between them
+(on 2 cores: two copies with OMP_NUM_THREADS=1).
 
     python benchmarks/transfer_comparison.py --out runs/comparison            # the README's table
     python benchmarks/transfer_comparison.py --quick --out runs/comparison-q  # minutes, for a smoke run
@@ -22,6 +25,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from hydrahead.evaluation import evaluate, new_results_dir
@@ -48,6 +52,13 @@ def variants(scores: Scores, shape: ModelShape, random_seeds: int, train_seeds: 
     # options (the log-length scale) do without any GDN head
     every_head = [list(range(shape.num_heads)) for _ in range(shape.num_layers)]
     out["all FA, same three stages"] = (HeadPlan(shape, every_head, "kv", {"strategy": "full_attention"}), {})
+    # the other end of the ranking: the four lowest-scored heads (ties broken by position)
+    fused = scores.fused()
+    lowest = np.argsort(fused, axis=None, kind="stable")[:4]
+    low = [[] for _ in range(shape.num_layers)]
+    for flat in lowest:
+        low[int(flat) // shape.num_heads].append(int(flat) % shape.num_heads)
+    out["head-wise 7:1 lowest-ranked"] = (HeadPlan(shape, low, "query", {"strategy": "lowest_ranked"}), {})
     out["head-wise 7:1 retrieval score"] = (make_plan(shape, "retrieval_score", "7:1", scores=scores), {})
     out["layer-wise 3:1"] = (make_plan(shape, "layerwise", "3:1"), {})
     out["all GDN"] = (HeadPlan(shape, [[] for _ in range(shape.num_layers)], "kv", {"strategy": "all_gdn"}), {})
@@ -133,6 +144,13 @@ def main() -> None:
         (folder / "claim").unlink()
         print(f"{name}: {json.dumps(rows[name])}", flush=True)
 
+    for name, row in rows.items():  # where the head choice matters most: right after stage 1, at native length
+        align = out / slug(name) / "align" / "model"
+        if "after_align" not in row and align.is_dir():
+            result = evaluate(load_model(align), tokenizer, RETRIEVAL_TASKS, [native], cfg.limit, cfg.seed, progress=False)
+            row["after_align"] = json.loads(json.dumps(result.scores))
+            write_json_atomic(out / slug(name) / "row.json", row)
+
     folder = new_results_dir(args.results, "comparison")
     folder.mkdir(parents=True)
     table = render(rows, lengths)
@@ -203,13 +221,15 @@ def slug(name: str) -> str:
 
 def render(rows: dict, lengths: list[int]) -> str:
     native, lengths = str(lengths[0]), [str(n) for n in lengths]  # rows are JSON: lengths are string keys
-    head = ("| variant | KV B/token | " + " | ".join(f"retrieval @{n}" for n in lengths)
+    head = ("| variant | KV B/token | after align @native | " + " | ".join(f"retrieval @{n}" for n in lengths)
             + " | niah_single_1 @max | vt @native | cwe @native | held-out loss |")
-    lines = [head, "|---|---:|" + "---:|" * (len(lengths) + 4)]
+    lines = [head, "|---|---:|---:|" + "---:|" * (len(lengths) + 4)]
     for name, r in rows.items():
         mean = [sum(per[n] for per in r["retrieval"].values()) / len(r["retrieval"]) for n in lengths]
+        aligned = r.get("after_align")
+        aligned = f"{sum(per[native] for per in aligned.values()) / len(aligned):.1f}" if aligned else "-"
         lines.append(
-            f"| {name} | {r['kv_bytes_per_token']} | " + " | ".join(f"{m:.1f}" for m in mean)
+            f"| {name} | {r['kv_bytes_per_token']} | {aligned} | " + " | ".join(f"{m:.1f}" for m in mean)
             + f" | {r['retrieval']['niah_single_1'][lengths[-1]]:.1f} | {r['general']['vt'][native]:.1f}"
             f" | {r['general']['cwe'][native]:.1f} | {r['heldout_loss']:.3f} |"
         )
