@@ -25,7 +25,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from hydrahead.evaluation import evaluate, new_results_dir
@@ -52,13 +51,6 @@ def variants(scores: Scores, shape: ModelShape, random_seeds: int, train_seeds: 
     # options (the log-length scale) do without any GDN head
     every_head = [list(range(shape.num_heads)) for _ in range(shape.num_layers)]
     out["all FA, same three stages"] = (HeadPlan(shape, every_head, "kv", {"strategy": "full_attention"}), {})
-    # the other end of the ranking: the four lowest-scored heads (ties broken by position)
-    fused = scores.fused()
-    lowest = np.argsort(fused, axis=None, kind="stable")[:4]
-    low = [[] for _ in range(shape.num_layers)]
-    for flat in lowest:
-        low[int(flat) // shape.num_heads].append(int(flat) % shape.num_heads)
-    out["head-wise 7:1 lowest-ranked"] = (HeadPlan(shape, low, "query", {"strategy": "lowest_ranked"}), {})
     out["head-wise 7:1 retrieval score"] = (make_plan(shape, "retrieval_score", "7:1", scores=scores), {})
     out["layer-wise 3:1"] = (make_plan(shape, "layerwise", "3:1"), {})
     out["all GDN"] = (HeadPlan(shape, [[] for _ in range(shape.num_layers)], "kv", {"strategy": "all_gdn"}), {})
