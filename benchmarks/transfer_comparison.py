@@ -47,10 +47,12 @@ def variants(scores: Scores, shape: ModelShape, random_seeds: int, train_seeds: 
         out[f"head-wise 7:1 interp (train seed {seed})"] = (interp, {"train_seed": seed})
     for seed in range(random_seeds):
         out[f"head-wise 7:1 random (seed {seed})"] = (make_plan(shape, "random", "7:1", seed=seed), {})
-    # every head full attention through the same three stages: what the training and the hybrid module's
-    # options (the log-length scale) do without any GDN head
-    every_head = [list(range(shape.num_heads)) for _ in range(shape.num_layers)]
-    out["all FA, same three stages"] = (HeadPlan(shape, every_head, "kv", {"strategy": "full_attention"}), {})
+    # controls without any GDN head, through the same three stages: every head FA as the hybrids' FA heads
+    # are built (RoPE dropped, log-length query scale), and every head FA with RoPE kept (the training alone)
+    every_head = HeadPlan(shape, [list(range(shape.num_heads)) for _ in range(shape.num_layers)], "kv",
+                          {"strategy": "full_attention"})
+    out["all FA (NoPE + log-scale), same three stages"] = (every_head, {})
+    out["all FA (RoPE), same three stages"] = (every_head, {"fa_position": "rope"})
     out["head-wise 7:1 retrieval score"] = (make_plan(shape, "retrieval_score", "7:1", scores=scores), {})
     out["layer-wise 3:1"] = (make_plan(shape, "layerwise", "3:1"), {})
     out["all GDN"] = (HeadPlan(shape, [[] for _ in range(shape.num_layers)], "kv", {"strategy": "all_gdn"}), {})

@@ -2,8 +2,8 @@
 is replaced in a single rename, so a kill at any moment leaves either the old or the new checkpoint.
 
 The weights and optimizer state are the full (unsharded) ones, keyed by parameter name, gathered with
-torch.distributed.checkpoint's state-dict helpers: one format for a single process, DDP and FSDP, so a
-run may resume under another number of processes or another strategy."""
+torch.distributed.checkpoint's state-dict helpers: one format for a single process, DDP and FSDP
+(rank 0 writes it; every process reads it whole and keeps its part)."""
 
 from __future__ import annotations
 
