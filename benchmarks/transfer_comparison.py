@@ -186,7 +186,7 @@ def plot(rows: dict, lengths: list[int], path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True)
     keys = [str(n) for n in lengths]
     for i, (name, r) in enumerate(rows.items()):
-        style = {"color": "black", "linewidth": 2.5} if name == "original" else {"color": f"C{i % 10}"}
+        style = {"color": "black", "linewidth": 2.5} if name == "original" else {"color": plt.cm.tab20(i % 20)}
         if "random" in name:
             style["linestyle"] = "--"
         mean = [sum(per[k] for per in r["retrieval"].values()) / len(r["retrieval"]) for k in keys]
