@@ -183,7 +183,7 @@ def plot(rows: dict, lengths: list[int], path: Path) -> Path:
     from hydrahead.plots import _pyplot
 
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.2), sharey=True)
     keys = [str(n) for n in lengths]
     for i, (name, r) in enumerate(rows.items()):
         style = {"color": "black", "linewidth": 2.5} if name == "original" else {"color": plt.cm.tab20(i % 20)}
@@ -198,12 +198,12 @@ def plot(rows: dict, lengths: list[int], path: Path) -> Path:
         ax.minorticks_off()
         ax.axvline(lengths[0], color="grey", linestyle=":")
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("context length (tokens; the teacher's native length is the first)")
+        ax.set_xlabel("context length (tokens; dotted: the teacher's native length)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("score (%)")
     axes[0].set_ylim(-3, 103)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
-    fig.subplots_adjust(bottom=0.3)
+    fig.subplots_adjust(bottom=0.12 + 0.045 * -(-len(rows) // 3))  # room for the legend's rows
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
