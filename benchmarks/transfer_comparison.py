@@ -216,15 +216,15 @@ def slug(name: str) -> str:
 def render(rows: dict, lengths: list[int]) -> str:
     native, lengths = str(lengths[0]), [str(n) for n in lengths]  # rows are JSON: lengths are string keys
     head = ("| variant | KV B/token | after align @native | " + " | ".join(f"retrieval @{n}" for n in lengths)
-            + " | niah_single_1 @max | vt @native | cwe @native | held-out loss |")
-    lines = [head, "|---|---:|---:|" + "---:|" * (len(lengths) + 4)]
+            + " | retrieval, all lengths | niah_single_1 @max | vt @native | cwe @native | held-out loss |")
+    lines = [head, "|---|---:|---:|" + "---:|" * (len(lengths) + 5)]
     for name, r in rows.items():
         mean = [sum(per[n] for per in r["retrieval"].values()) / len(r["retrieval"]) for n in lengths]
         aligned = r.get("after_align")
         aligned = f"{sum(per[native] for per in aligned.values()) / len(aligned):.1f}" if aligned else "-"
         lines.append(
             f"| {name} | {r['kv_bytes_per_token']} | {aligned} | " + " | ".join(f"{m:.1f}" for m in mean)
-            + f" | {r['retrieval']['niah_single_1'][lengths[-1]]:.1f} | {r['general']['vt'][native]:.1f}"
+            + f" | **{sum(mean) / len(mean):.1f}** | {r['retrieval']['niah_single_1'][lengths[-1]]:.1f} | {r['general']['vt'][native]:.1f}"
             f" | {r['general']['cwe'][native]:.1f} | {r['heldout_loss']:.3f} |"
         )
     return "\n".join(lines)
