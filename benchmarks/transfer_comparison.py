@@ -180,7 +180,7 @@ def claim(folder: Path) -> bool:
 
 def plot(rows: dict, lengths: list[int], path: Path) -> Path:
     """Two panels against context length: the mean of the four retrieval tasks, and niah_single_1."""
-    from hydrahead.plots import _pyplot
+    from hydrahead.plots import _pyplot, length_axis
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.2), sharey=True)
@@ -193,15 +193,10 @@ def plot(rows: dict, lengths: list[int], path: Path) -> Path:
         axes[0].plot(lengths, mean, marker="o", label=f"{name} ({r['kv_bytes_per_token']} B/token)", **style)
         axes[1].plot(lengths, [r["retrieval"]["niah_single_1"][k] for k in keys], marker="o", **style)
     for ax, title in zip(axes, ("mean of niah_single_1, niah_multikey_1, niah_multivalue, vt", "niah_single_1")):
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(lengths, [str(n) for n in lengths])
-        ax.minorticks_off()
-        ax.axvline(lengths[0], color="grey", linestyle=":")
+        length_axis(ax, lengths, lengths[0], label=None)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("context length (tokens; dotted: the teacher's native length)")
-        ax.grid(alpha=0.3)
     axes[0].set_ylabel("score (%)")
-    axes[0].set_ylim(-3, 103)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
     fig.subplots_adjust(bottom=0.12 + 0.045 * -(-len(rows) // 3))  # room for the legend's rows
     fig.savefig(path, dpi=120, bbox_inches="tight")

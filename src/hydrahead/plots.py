@@ -21,22 +21,27 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def length_axis(ax, lengths, native_length: int | None = None, label: str | None = "native length") -> None:
+    """A context-length x axis: log2, one tick per measured length, a dotted line at the native length,
+    scores from 0 to 100 on y."""
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(lengths), [str(n) for n in lengths])
+    ax.minorticks_off()
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylim(-3, 103)
+    ax.grid(alpha=0.3)
+    if native_length:
+        ax.axvline(native_length, color="grey", linestyle=":", label=label)
+
+
 def plot_accuracy_vs_length(result, path: Path, native_length: int | None = None) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for task, per in result.scores.items():
         lengths = sorted(per)
         ax.plot(lengths, [per[n] for n in lengths], marker="o", label=task)
-    ax.set_xscale("log", base=2)
-    all_lengths = sorted({n for per in result.scores.values() for n in per})
-    ax.set_xticks(all_lengths, [str(n) for n in all_lengths])
-    ax.minorticks_off()
-    ax.set_xlabel("context length (tokens)")
+    length_axis(ax, sorted({n for per in result.scores.values() for n in per}), native_length)
     ax.set_ylabel("score (RULER string match, %)")
-    ax.set_ylim(-3, 103)
-    if native_length:
-        ax.axvline(native_length, color="grey", linestyle=":", label="native length")
-    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
 

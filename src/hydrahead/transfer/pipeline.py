@@ -119,7 +119,7 @@ def train_hybrid(cfg: PipelineConfig, plan: str | Path, out: Path, native: int, 
 
 
 def _plot_models(evals: dict, path: Path, native: int) -> Path:
-    from ..plots import _pyplot, _save
+    from ..plots import _pyplot, _save, length_axis
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
@@ -127,14 +127,8 @@ def _plot_models(evals: dict, path: Path, native: int) -> Path:
         lengths = sorted({n for per in result.scores.values() for n in per})
         mean = [sum(per[n] for per in result.scores.values()) / len(result.scores) for n in lengths]
         ax.plot(lengths, mean, style, marker="o", label=f"{name} (mean of tasks)")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(lengths, [str(n) for n in lengths])
-    ax.minorticks_off()
-    ax.axvline(native, color="grey", linestyle=":", label="native length")
-    ax.set_xlabel("context length (tokens)")
+    length_axis(ax, lengths, native)
     ax.set_ylabel("score (%)")
-    ax.set_ylim(-3, 103)
-    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
 
