@@ -333,10 +333,10 @@ def _run_name(model_path) -> str:
 def _teacher_train(args) -> int:
     from dataclasses import fields
 
-    from .teacher.train import TeacherConfig, train
+    from .teacher.train import PRESETS, TeacherConfig, train
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TeacherConfig) if getattr(args, f.name, None) is not None}
-    cfg = TeacherConfig(**overrides)
+    cfg = TeacherConfig(**{**PRESETS[args.preset], **overrides})
     out = train(args.out, cfg, max_minutes=args.max_minutes, progress=not args.quiet)
     if out is not None:
         print(f"teacher written to {out}")
@@ -495,6 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     teacher = sub.add_parser("teacher", help="the small teacher model").add_subparsers(dest="teacher_command", required=True)
     tr = teacher.add_parser("train", help="train the teacher from scratch (resumes from OUT/training/checkpoint)")
     tr.add_argument("--out", required=True)
+    tr.add_argument("--preset", default="teacher-3m", choices=["teacher-3m", "teacher-8l"],
+                    help="a named configuration (flags below override it): the shipped 4-layer teacher or an 8-layer one")
     tr.add_argument("--steps", type=int)
     tr.add_argument("--tokens_per_batch", type=int)
     tr.add_argument("--lr", type=float)
