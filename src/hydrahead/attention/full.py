@@ -48,15 +48,17 @@ class FABranch(nn.Module):
         excess = torch.relu(n.log() / self.log_base - 1)  # [B, T]
         return (1 + excess[..., None] * self.logscale_slope.float())[..., None].to(dtype)
 
-    def forward(self, q, k, v, gate, cos, sin, position_ids, attention_mask, state, **kwargs):
-        """q: [B, T, H_fa, D]; k, v: [B, T, H_kv, D]; gate: [B, T, H_fa * D] logits. Returns [B, T, H_fa, D]."""
+    def forward(self, q, k, v, gate, cos, sin, position_ids, attention_mask, cache, layer_idx: int):
+        """q: [B, T, H_fa, D]; k, v: [B, T, H_kv, D]; gate: [B, T, H_fa * D] logits. Returns [B, T, H_fa, D].
+
+        `cache` (a HydraCache or None) stores this layer's keys and values through the Cache API."""
         if self.position == "rope":
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         else:
             q = q * self.query_scale(position_ids, q.dtype)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
-        if state is not None:
-            k, v = state.update(k, v)
+        if cache is not None:
+            k, v = cache.update(k, v, layer_idx)
         if not self.uniform:
             index = torch.as_tensor(self.kv_index, device=k.device)
             k, v = k.index_select(1, index), v.index_select(1, index)
@@ -66,7 +68,6 @@ class FABranch(nn.Module):
             dropout=self.attention_dropout if self.training else 0.0,
             scaling=self.scaling,
             sliding_window=self.sliding_window,
-            **kwargs,
         )
         # 2 * sigmoid(0) == 1 exactly: a zero-initialised gate projection leaves the branch unchanged
         return out * (2 * torch.sigmoid(gate.view_as(out)))

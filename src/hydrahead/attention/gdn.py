@@ -37,16 +37,19 @@ class GDNBranch(nn.Module):
         dt = torch.exp(torch.empty_like(self.dt_bias).uniform_(math.log(1e-3), math.log(1e-1)))
         self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
 
-    def forward(self, qkv, a, b, cos, sin, valid, state, q_norm=None, k_norm=None, kv_index=None):
+    def forward(self, qkv, a, b, cos, sin, valid, conv_state, recurrent_state, want_state: bool,
+                q_norm=None, k_norm=None, kv_index=None):
         """qkv: [B, T, C] projected q|k|v; a, b: [B, T, H]; cos/sin: [B, T, D]; valid: [B, T] bool or None.
 
-        `state` is the layer's cache entry (a HybridLayer) or None. Returns [B, T, H, D].
+        conv_state [B, C, conv_size - 1] and recurrent_state [B, H, K, V] continue a cached sequence (None:
+        a fresh one). Returns (out [B, T, H, D], the new conv state, the new recurrent state); the states
+        are None unless `want_state`.
         """
         B, T, _ = qkv.shape
         if valid is not None:
             # padded tokens must leave no trace: no conv input, no decay, no write
             qkv = qkv * valid[..., None].to(qkv.dtype)
-        history = None if state is None else state.conv_state
+        history = conv_state
         if history is None:
             history = qkv.new_zeros(B, qkv.shape[-1], self.conv_size - 1)
         full = torch.cat([history, qkv.transpose(1, 2)], dim=-1)  # [B, C, conv_size - 1 + T]
@@ -66,14 +69,13 @@ class GDNBranch(nn.Module):
         if valid is not None:
             g, beta = g * valid[..., None], beta * valid[..., None]
 
-        initial = None if state is None else state.recurrent_state
         out, final = gated_delta_rule(
-            q, k, v, g=g, beta=beta, initial_state=initial, output_final_state=state is not None, use_qk_l2norm=True
+            q, k, v, g=g, beta=beta, initial_state=recurrent_state, output_final_state=want_state, use_qk_l2norm=True
         )
-        if state is not None:
-            state.conv_state = full[..., full.shape[-1] - (self.conv_size - 1):]
-            state.recurrent_state = final
-        return out
+        if not want_state:
+            return out, None, None
+        # a copy: a view would keep the whole prefill's conv input alive
+        return out, full[..., full.shape[-1] - (self.conv_size - 1):].clone(), final
 
 
 def causal_depthwise_conv(full: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

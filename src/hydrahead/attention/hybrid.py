@@ -2,35 +2,24 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
 
-from ..cache import hybrid_layer
 from ..plan import HeadPlan
 from .full import FABranch
 from .gdn import GDNBranch
 from .options import HybridOptions
 
-
-def token_validity(attention_mask, length: int) -> torch.Tensor | None:
-    """[B, T] bool: which of the current `length` tokens are real (not padding), or None if all are.
-
-    The model hands its attention layers a 4D mask (bool for sdpa, additive float for eager); a key is
-    padding exactly when the last query row may not see it.
-    """
-    if not isinstance(attention_mask, torch.Tensor):
-        return None
-    if attention_mask.dim() == 2:
-        row = attention_mask[:, -length:]
-        return row.bool()
-    row = attention_mask[:, 0, -1, -length:]
-    return row if row.dtype == torch.bool else row == 0
+if TYPE_CHECKING:
+    from ..cache import HydraCache
 
 
 class HybridAttention(nn.Module):
-    """Drop-in for an HF Qwen3 / Llama attention module, following `plan` for layer `layer_idx`.
+    """The token mixer of a hydrahead decoder layer, following `plan` for layer `layer_idx`.
 
     One projection computes, for all heads at once, the FA heads' q and their cached KV heads' k/v, the FA
     output gates, the GDN heads' q/k/v (k/v per query head when MHA-like) and their decay / write gates.
@@ -87,8 +76,10 @@ class HybridAttention(nn.Module):
         raise KeyError(name)
 
     @classmethod
-    def from_attention(cls, attn: nn.Module, config, layer_idx: int, plan: HeadPlan, options: HybridOptions) -> HybridAttention:
-        """Build from a pretrained attention module, reusing its q/k/v rows, o_proj and q/k norms."""
+    def from_attention(cls, attn: nn.Module, config, layer_idx: int, plan: HeadPlan, options: HybridOptions,
+                       share=lambda module: module) -> HybridAttention:
+        """Build from a pretrained attention module, reusing its q/k/v rows, o_proj and q/k norms (taken as
+        `share(module)`: the module itself, or a copy that leaves `attn` untouched)."""
         weight = attn.q_proj.weight
         qk_norm = getattr(attn, "q_norm", None) is not None
         module = cls(config, layer_idx, plan, options, qk_norm).to(device=weight.device, dtype=weight.dtype)
@@ -117,21 +108,23 @@ class HybridAttention(nn.Module):
                         module.rows(name, bias).zero_()
                     else:
                         module.rows(name, bias).normal_(0, std)
-        module.o_proj = attn.o_proj
+        module.o_proj = share(attn.o_proj)
         if qk_norm:
-            module.q_norm, module.k_norm = attn.q_norm, attn.k_norm
+            module.q_norm, module.k_norm = share(attn.q_norm), share(attn.k_norm)
         return module
 
-    def forward(self, hidden_states, position_embeddings, attention_mask, past_key_values=None, **kwargs):
-        B, T, _ = hidden_states.shape  # [B, T, hidden]
+    def forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
+                attention_mask: torch.Tensor | None, token_mask: torch.Tensor | None, position_ids: torch.Tensor,
+                cache: HydraCache | None = None) -> torch.Tensor:
+        """hidden_states [B, T, hidden] -> [B, T, hidden].
+
+        attention_mask: the FA heads' mask in the form the attention implementation takes (None: causal,
+        no padding); token_mask: [B, T] bool, False at padding (None: no padding), which the GDN heads
+        must leave out of their state; position_ids: [B or 1, T]; cache: the model's `HydraCache`, or None.
+        """
+        B, T, _ = hidden_states.shape
         d = self.head_dim
         cos, sin = position_embeddings  # [B, T, D]
-        kwargs.pop("use_cache", None)
-        position_ids = kwargs.pop("position_ids", None)
-        state = hybrid_layer(past_key_values, self.layer_idx) if past_key_values is not None else None
-        if position_ids is None:
-            start = state.tokens if state is not None else 0
-            position_ids = torch.arange(start, start + T, device=hidden_states.device)[None]
         parts = dict(zip(self.split_sizes, self.in_proj(hidden_states).split(list(self.split_sizes.values()), dim=-1)))
 
         outputs = []
@@ -141,19 +134,22 @@ class HybridAttention(nn.Module):
             v = parts["fa_v"].view(B, T, -1, d)
             if self.q_norm is not None:
                 q, k = self.q_norm(q), self.k_norm(k)
-            outputs.append(self.fa(q, k, v, parts["fa_gate"], cos, sin, position_ids, attention_mask, state, **kwargs))
+            outputs.append(self.fa(q, k, v, parts["fa_gate"], cos, sin, position_ids, attention_mask, cache, self.layer_idx))
         if self.gdn is not None:
-            outputs.append(self.gdn(
-                parts["gdn_qkv"], parts["gdn_a"], parts["gdn_b"], cos, sin,
-                token_validity(attention_mask, T), state, self.q_norm, self.k_norm, self.gdn_kv_index,
-            ))
-        if state is not None:
-            state.tokens += T
+            state = cache.gdn_state(self.layer_idx) if cache is not None else None
+            out, conv, recurrent = self.gdn(
+                parts["gdn_qkv"], parts["gdn_a"], parts["gdn_b"], cos, sin, token_mask,
+                None if state is None else state.conv, None if state is None else state.recurrent,
+                state is not None, self.q_norm, self.k_norm, self.gdn_kv_index,
+            )
+            if cache is not None:
+                cache.update_gdn_state(self.layer_idx, conv, recurrent)
+            outputs.append(out)
         heads = torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]  # [B, T, H, D], FA heads first
         if self.head_order is not None:
             heads = heads[:, :, self.head_order]
         heads = self.fuse(heads, parts["head_gate"])
-        return self.o_proj(heads.reshape(B, T, -1)), None
+        return self.o_proj(heads.reshape(B, T, -1))
 
     def fuse(self, heads: torch.Tensor, head_gate: torch.Tensor) -> torch.Tensor:
         """[B, T, H, D] -> [B, T, H, D]: concat as is, or RMS-normalise each head, then scale or gate it."""
