@@ -88,9 +88,9 @@ def _convert(args) -> int:
         conv_size=args.conv_size,
         logscale_length=args.logscale_length or getattr(model.config, "max_position_embeddings", 4096),
     )
-    convert(model, plan, options)
-    out = save(model, args.out, tokenizer)
-    params = sum(p.numel() for p in model.parameters())
+    hybrid = convert(model, plan, options, inplace=True)  # the original is not used again: no second copy
+    out = save(hybrid, args.out, tokenizer)
+    params = sum(p.numel() for p in hybrid.parameters())
     print(plan.summary())
     print(f"options: {options.to_dict()}")
     print(f"wrote {out} ({params / 1e6:.2f}M parameters) in {time.perf_counter() - start:.1f} s")
@@ -103,6 +103,7 @@ def _generate(args) -> int:
     import torch
 
     from .cache import cache_nbytes
+    from .compat import cache_arg, output_cache
     from .convert import is_hybrid
     from .models import load_model, load_tokenizer
 
@@ -123,13 +124,13 @@ def _generate(args) -> int:
         cache = cache_factory(model) if cache_factory is not None else None
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens,
                              do_sample=False, pad_token_id=tokenizer.pad_token_id, return_dict_in_generate=True,
-                             past_key_values=cache)
+                             **cache_arg(cache))
         seconds = time.perf_counter() - start
     new = out.sequences[0, ids.shape[1]:]
     print(tokenizer.decode(new, skip_special_tokens=True))
     kind = "hybrid" if is_hybrid(model) else "original"
     print(f"[{kind} model: {ids.shape[1]} prompt tokens, {len(new)} new tokens in {seconds:.2f} s; "
-          f"cache {cache_nbytes(out.past_key_values) / 1024:.1f} KiB"
+          f"cache {cache_nbytes(output_cache(out)) / 1024:.1f} KiB"
           + (f"; kv cache {_kv_line(cache_factory.describe())}" if cache_factory is not None else "") + "]",
           file=sys.stderr)
     if sparse is not None:
@@ -190,7 +191,7 @@ def _score(args) -> int:
 
 
 def _plan(args) -> int:
-    from .models import _model_dir
+    from .models import check_model_dir
     from .plan import ModelShape
     from .selection import Scores, SelectionError, make_plan
     from .selection.scores import parse_weights
@@ -205,7 +206,7 @@ def _plan(args) -> int:
     else:
         from transformers import AutoConfig
 
-        shape = ModelShape.of(AutoConfig.from_pretrained(_model_dir(args.model), local_files_only=True))
+        shape = ModelShape.of(AutoConfig.from_pretrained(check_model_dir(args.model), local_files_only=True))
     ratio = args.ratio or (None if args.kv_budget else "7:1")
     plan = make_plan(shape, args.strategy, ratio, args.granularity, args.kv_budget, args.dtype, scores,
                      args.per_layer, args.seed)

@@ -20,6 +20,7 @@ from .attention import HybridAttention, HybridOptions
 from .configuration import HYBRID_MODEL_TYPES, from_base_dict, hybrid_config, hybrid_spec, is_hybrid
 from .errors import HydraheadError
 from .modeling import MODEL_CLASSES, register
+from .models import check_loading_info
 from .plan import HeadPlan
 
 __all__ = ["ConversionError", "convert", "save", "load", "hybrid_spec", "is_hybrid"]
@@ -145,11 +146,7 @@ def load(path: str | os.PathLike, dtype=None, device: str | None = None):
                                           output_loading_info=True)
     except (OSError, ValueError) as e:
         raise ConversionError(f"{path}: the hybrid cannot be loaded: {e}") from None
-    missing = [k for k in info.get("missing_keys", []) if k != "lm_head.weight"]
-    if missing or info.get("unexpected_keys") or info.get("mismatched_keys"):
-        raise ConversionError(f"{path}: the weights do not match the config: missing {sorted(missing)[:4]}, "
-                              f"unexpected {sorted(info.get('unexpected_keys', []))[:4]}, "
-                              f"mismatched {list(info.get('mismatched_keys', []))[:4]}")
+    check_loading_info(path, model, info)
     if device:
         model = model.to(device)
     return model.eval()

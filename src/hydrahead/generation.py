@@ -6,6 +6,8 @@ import time
 
 import torch
 
+from .compat import cache_arg, output_cache
+
 
 @torch.no_grad()
 def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, stop_at_newline: bool = False,
@@ -27,9 +29,9 @@ def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, s
     start = time.perf_counter()
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = cache_factory(model) if cache_factory is not None else None
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache, use_cache=True)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, **cache_arg(cache))
     prefill_s = time.perf_counter() - start
-    cache = out.past_key_values
+    cache = output_cache(out)
     next_tok = out.logits[:, -1].argmax(-1)  # [B]
     generated = [next_tok]
     done = next_tok == tokenizer.eos_token_id
@@ -40,9 +42,9 @@ def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, s
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         pos = pos + 1
         out = model(
-            input_ids=next_tok[:, None], attention_mask=mask, position_ids=pos[:, None], past_key_values=cache, use_cache=True
+            input_ids=next_tok[:, None], attention_mask=mask, position_ids=pos[:, None], use_cache=True, **cache_arg(cache)
         )
-        cache = out.past_key_values
+        cache = output_cache(out)
         next_tok = out.logits[:, -1].argmax(-1)
         next_tok = torch.where(done, torch.full_like(next_tok, pad), next_tok)
         generated.append(next_tok)

@@ -1,4 +1,4 @@
-"""The head-wise hybrid: exact conversion, save / load, the hybrid cache, generate, errors."""
+"""The head-wise hybrid: exact conversion, its own model type, save / load, the cache it builds, generate, errors."""
 
 import pytest
 import torch
@@ -11,7 +11,8 @@ from transformers import (
 )
 
 from hydrahead.attention import HybridOptions
-from hydrahead.cache import HybridCache, cache_nbytes
+from hydrahead.cache import HydraCache, cache_nbytes
+from hydrahead.compat import output_cache
 from hydrahead.convert import ConversionError, convert, load, save
 from hydrahead.errors import HydraheadError
 from hydrahead.plan import HeadPlan, PlanError
@@ -67,10 +68,12 @@ def test_all_fa_rope_concat_is_exact(arch, attn):
     mask[1, :5] = 0  # left padding in the second row
     with torch.no_grad():
         expected = model(x, attention_mask=mask).logits
-        convert(model, HeadPlan.full_attention(model.config), HybridOptions(fusion="concat", fa_position="rope"))
-        got = model(x, attention_mask=mask).logits
-    assert type(model).__name__ == f"Hydra{'Qwen3' if arch == 'qwen3' else 'Llama'}ForCausalLM"
-    assert (got - expected).abs().max().item() < 1e-5
+        hybrid = convert(model, HeadPlan.full_attention(model.config), HybridOptions(fusion="concat", fa_position="rope"))
+        got = hybrid(x, attention_mask=mask).logits
+    assert type(hybrid).__name__ == f"Hydra{'Qwen3' if arch == 'qwen3' else 'Llama'}ForCausalLM"
+    assert hybrid.config.model_type == f"hydrahead_{arch}"
+    real = mask.bool()  # outputs at padding positions are never read, and differ in what they attend to
+    assert (got - expected)[real].abs().max().item() < 1e-5
 
 
 @pytest.mark.parametrize("fusion", ["scale", "concat", "gate"])
@@ -79,7 +82,7 @@ def test_save_load_round_trip(tmp_path, fusion, fa_position):
     model = tiny()
     options = HybridOptions(fusion=fusion, fa_position=fa_position, gdn_mha=fusion != "gate", logscale_length=16)
     plan = mixed_plan(model)
-    randomise_new_parameters(convert(model, plan, options))
+    model = randomise_new_parameters(convert(model, plan, options))
     x = ids(2, 40)
     with torch.no_grad():
         expected = model(x).logits
@@ -95,11 +98,12 @@ def test_save_load_round_trip(tmp_path, fusion, fa_position):
 @pytest.mark.parametrize("mha", [True, False])
 def test_decode_matches_full_forward(granularity, mha):
     model = tiny(seed=3)
-    randomise_new_parameters(convert(model, mixed_plan(model, granularity), HybridOptions(gdn_mha=mha, logscale_length=8)))
+    model = randomise_new_parameters(convert(model, mixed_plan(model, granularity),
+                                             HybridOptions(gdn_mha=mha, logscale_length=8)))
     x = ids(2, 29, seed=1)
     with torch.no_grad():
         full = model(x).logits
-        cache = HybridCache(3)
+        cache = HydraCache(model.config)
         steps = [model(x[:, :20], past_key_values=cache, use_cache=True).logits]
         for t in range(20, 29):
             steps.append(model(x[:, t:t + 1], past_key_values=cache, use_cache=True).logits)
@@ -107,25 +111,43 @@ def test_decode_matches_full_forward(granularity, mha):
     assert cache.get_seq_length() == 29
 
 
-def test_chunked_prefill_and_a_plain_dynamic_cache():
+def test_chunked_prefill_with_the_cache_the_model_builds():
     model = tiny(seed=4)
-    randomise_new_parameters(convert(model, mixed_plan(model), HybridOptions(logscale_length=8)))
+    model = randomise_new_parameters(convert(model, mixed_plan(model), HybridOptions(logscale_length=8)))
     x = ids(1, 50, seed=2)
     with torch.no_grad():
         full = model(x).logits
-        cache = DynamicCache()  # what generate() and users pass: upgraded layer by layer
-        chunks = [model(x[:, a:b], past_key_values=cache, use_cache=True).logits for a, b in [(0, 17), (17, 18), (18, 50)]]
+        first = model(x[:, :17], use_cache=True)
+        cache = output_cache(first)
+        chunks = [first.logits] + [model(x[:, a:b], past_key_values=cache).logits for a, b in [(17, 18), (18, 50)]]
+    assert isinstance(cache, HydraCache) and cache.get_seq_length() == 50
     assert (torch.cat(chunks, dim=1) - full).abs().max().item() < 1e-4
+
+
+def test_the_cache_appends_in_place():
+    """A decode step writes one token into the KV buffer; it does not copy the cache (capacity doubles)."""
+    model = tiny(seed=4)
+    model = convert(model, mixed_plan(model), HybridOptions(logscale_length=8))
+    with torch.no_grad():
+        cache = output_cache(model(ids(1, 20), use_cache=True))
+        layer = cache.layers[0]
+        buffer = layer._keys.data_ptr()
+        for t in range(19):  # 20 + 19 tokens fit the doubled capacity of 40
+            model(ids(1, 1, seed=t), past_key_values=cache)
+        assert layer.length == 39 and layer._keys.data_ptr() != buffer  # grown once, from 20 to 40
+        grown = layer._keys.data_ptr()
+        model(ids(1, 1, seed=99), past_key_values=cache)
+        assert layer._keys.data_ptr() == grown and layer.keys.shape[-2] == 40
 
 
 def test_cache_bytes_match_the_plan():
     model = tiny(seed=5)
     plan = mixed_plan(model)
     options = HybridOptions(conv_size=4)
-    convert(model, plan, options)
+    model = convert(model, plan, options)
     batch, length = 3, 23
     with torch.no_grad():
-        cache = HybridCache(3)
+        cache = HydraCache(model.config)
         model(ids(batch, length), past_key_values=cache, use_cache=True)
     expected = plan.kv_bytes_per_token(torch.float32) * length * batch
     expected += plan.gdn_state_bytes(batch_size=batch, conv_size=4, dtype=torch.float32)
@@ -136,7 +158,7 @@ def test_cache_bytes_match_the_plan():
 
 def test_generate_batch_with_left_padding_matches_single_rows():
     model = tiny(seed=6)
-    randomise_new_parameters(convert(model, mixed_plan(model), HybridOptions(logscale_length=8)))
+    model = randomise_new_parameters(convert(model, mixed_plan(model), HybridOptions(logscale_length=8)))
     a, b = ids(1, 13, seed=3), ids(1, 7, seed=4)
     batch = torch.zeros(2, 13, dtype=torch.long)
     batch[0], batch[1, 6:] = a[0], b[0]
@@ -154,21 +176,57 @@ def test_generate_batch_with_left_padding_matches_single_rows():
     assert (logits - logits_alone).abs().max().item() < 1e-4
 
 
-def test_generate_greedy_matches_argmax_loop():
-    model = tiny(seed=7)
-    randomise_new_parameters(convert(model, mixed_plan(model), HybridOptions(logscale_length=8)))
-    x = ids(1, 11, seed=5)
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+def test_generate_prefill_and_decode_equal_one_full_forward(arch):
+    """generate() with the cache the model builds itself: its per-step scores equal the logits of one forward
+    over the whole generated sequence (the cache was used, and used right)."""
+    model = tiny(arch, seed=7, bias=arch == "llama")
+    model = randomise_new_parameters(convert(model, mixed_plan(model), HybridOptions(logscale_length=8)))
+    x = ids(2, 11, seed=5)
     with torch.no_grad():
-        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=5, do_sample=False, pad_token_id=0)
-        seq = x
-        for _ in range(5):
+        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=6, do_sample=False, pad_token_id=0,
+                             return_dict_in_generate=True, output_scores=True)
+        full = model(out.sequences, use_cache=False).logits[:, 10:-1]  # the logits that chose each new token
+    assert isinstance(output_cache(out), HydraCache) and output_cache(out).get_seq_length() == 11 + 5
+    assert (torch.stack(out.scores, dim=1) - full).abs().max().item() < 1e-4
+    seq = x
+    with torch.no_grad():
+        for _ in range(6):
             seq = torch.cat([seq, model(seq).logits[:, -1:].argmax(-1)], dim=1)
-    assert torch.equal(out, seq)
+    assert torch.equal(out.sequences, seq)
+
+
+def test_convert_leaves_the_original_untouched_unless_inplace():
+    model = tiny(seed=9)
+    x = ids(1, 12)
+    with torch.no_grad():
+        before = model(x).logits
+        hybrid = convert(model, mixed_plan(model))
+        randomise_new_parameters(hybrid)
+        hybrid(x)
+        assert type(model) is Qwen3ForCausalLM and not hasattr(model.config, "hydrahead")
+        assert torch.equal(model(x).logits, before)
+        assert hybrid.model.embed_tokens.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
+        shared = convert(model, mixed_plan(model), inplace=True)
+    assert shared.model.embed_tokens.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+
+
+def test_unknown_keywords_are_errors():
+    model = convert(tiny(), mixed_plan(tiny()))
+    x = ids(1, 5)
+    with pytest.raises(TypeError, match="cache_params|unexpected keyword"):
+        model(x, cache_params=None)
+    with pytest.raises(TypeError):
+        model.model.layers[0].self_attn(torch.zeros(1, 5, 48), None, None, None, None, past_key_value=None)
+    with pytest.raises(HydraheadError, match="HydraCache, not a DynamicCache"):
+        model(x, past_key_values=DynamicCache())
+    with pytest.raises(HydraheadError, match="not two different caches"):
+        model(x, past_key_values=HydraCache(model.config), cache=HydraCache(model.config))
 
 
 def test_new_parameters_train():
     model = tiny(seed=8)
-    convert(model, mixed_plan(model), HybridOptions(fusion="gate", logscale_length=8))
+    model = convert(model, mixed_plan(model), HybridOptions(fusion="gate", logscale_length=8))
     model.train()
     x = ids(2, 21)
     model(x, labels=x).loss.backward()
@@ -191,19 +249,14 @@ def test_errors(tmp_path):
                                              head_dim=8, hidden_size=64), [[0], [], []])
     with pytest.raises(PlanError, match="plan is for a model with 3 layers x 8 query heads"):
         convert(model, other)
-    convert(model, mixed_plan(model))
+    hybrid = convert(model, mixed_plan(model))
     with pytest.raises(ConversionError, match="already a hybrid"):
-        convert(model, mixed_plan(model))
+        convert(hybrid, mixed_plan(model))
     with pytest.raises(HydraheadError, match="fusion must be one of"):
         HybridOptions(fusion="sum")
     with pytest.raises(ConversionError, match="not a hydrahead hybrid"):
         tiny().save_pretrained(tmp_path / "plain")
         load(tmp_path / "plain")
-    used = DynamicCache()
-    with torch.no_grad():
-        tiny()(ids(1, 4), past_key_values=used, use_cache=True)
-        with pytest.raises(HydraheadError, match="needs a fresh cache"):
-            model(ids(1, 4), past_key_values=used, use_cache=True)
 
 
 def test_shifted_sum_conv_equals_depthwise_conv1d_with_gradients():

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..compat import cache_arg, output_cache
 from .config import DecodingError
 
 
@@ -35,7 +36,7 @@ def build_examples(model, tokenizer, cfg) -> list[Example]:
             chunk = prompts[i : i + 8]
             ids, mask = left_pad(chunk, 0)
             out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
-            cache, width = out.past_key_values, ids.shape[1]
+            cache, width = output_cache(out), ids.shape[1]
             prompt_kv = [(layer.keys[:, :, :width], layer.values[:, :, :width]) for layer in cache.layers]
             answers = _greedy(model, out, mask, cfg.max_answer_tokens)  # [B, new]
             for b, (prompt, row) in enumerate(zip(chunk, answers.tolist())):
@@ -51,12 +52,12 @@ def build_examples(model, tokenizer, cfg) -> list[Example]:
 
 def _greedy(model, out, mask: torch.Tensor, steps: int) -> torch.Tensor:
     """[B, steps] greedy tokens continuing a prefill `out` (its cache grows in place)."""
-    cache, pos = out.past_key_values, mask.sum(-1, keepdim=True) - 1  # [B, 1]
+    cache, pos = output_cache(out), mask.sum(-1, keepdim=True) - 1  # [B, 1]
     token = out.logits[:, -1:].argmax(-1)
     tokens = [token]
     for _ in range(steps - 1):
         mask, pos = torch.cat([mask, torch.ones_like(mask[:, :1])], 1), pos + 1
-        token = model(input_ids=token, attention_mask=mask, position_ids=pos, past_key_values=cache).logits.argmax(-1)
+        token = model(input_ids=token, attention_mask=mask, position_ids=pos, **cache_arg(cache)).logits.argmax(-1)
         tokens.append(token)
     return torch.cat(tokens, 1)
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ..compat import cache_arg
 from ..plan import ModelShape
 from ..selection.hardkuma import GATES, DensityConstraint
 from .config import DecodingError, SparseConfig
@@ -137,7 +138,7 @@ def _decode_answers(model, batch: list[Example], window: int, is_answer: torch.T
     mask = torch.cat([prompt_mask, is_answer.long()], 1)  # [B, P + W]
     ids = torch.tensor([e.answer + [0] * (window - len(e.answer)) for e in batch])
     position_ids = torch.tensor(lengths)[:, None] + torch.arange(window)  # [B, W]
-    return model.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache).last_hidden_state
+    return model.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, **cache_arg(cache)).last_hidden_state
 
 
 @contextmanager

@@ -54,7 +54,8 @@ def parse_kv_format(spec: str) -> tuple[str, str]:
 # the cache side of the package, imported on first use
 _LAZY = {
     "QuantizedKVCache": "cache",
-    "QuantizedHybridLayer": "cache",
+    "QuantizedHydraCache": "cache",
+    "quantized_cache": "cache",
     "KVCacheFactory": "cache",
     "QuantizedKVLayer": "layer",
     "KVCacheError": "layer",
@@ -87,11 +88,12 @@ __all__ = [  # noqa: RUF022 - the codecs, then the lazily imported cache names
     "KVCacheError",
     "KVCacheFactory",
     "KVView",
-    "QuantizedHybridLayer",
+    "QuantizedHydraCache",
     "QuantizedKVCache",
     "QuantizedKVLayer",
     "blockwise_attention",
     "canonical_spec",
     "parse_cache_spec",
+    "quantized_cache",
     "use_blockwise_attention",
 ]

@@ -2,9 +2,11 @@
 everything between in 4-bit (or fp8, bf16) blocks quantized once, read by the blockwise attention.
 
     with blockwise_attention(model):
-        model.generate(ids, past_key_values=QuantizedKVCache(model.config, "tq4:int4"), max_new_tokens=32)
+        model.generate(ids, past_key_values=quantized_cache(model.config, "tq4:int4"), max_new_tokens=32)
 
-For `greedy_generate` / `evaluate`, pass `cache_factory=KVCacheFactory("tq4:int4")`.
+A hydrahead hybrid gets a QuantizedHydraCache (its GDN states beside the quantized FA keys and values);
+`quantized_cache` picks the right one. For `greedy_generate` / `evaluate`, pass
+`cache_factory=KVCacheFactory("tq4:int4")`.
 """
 
 from __future__ import annotations
@@ -12,37 +14,12 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache
 
-from ..cache import HybridLayer
+from ..cache import HydraCache
+from ..configuration import is_hybrid
+from ..plan import HeadPlan
 from .attention import use_blockwise_attention
 from .layer import KVCacheError, QuantizedKVLayer, _nbytes, check_sizes
 from .spec import canonical_spec, parse_cache_spec
-
-
-class QuantizedHybridLayer(QuantizedKVLayer, HybridLayer):
-    """A head-wise hybrid's layer: its FA heads' KV as in QuantizedKVLayer, its GDN states as in HybridLayer.
-
-    The hybrid attention counts this layer's tokens (`tokens`), since a layer without FA heads stores no KV.
-    """
-
-    def get_seq_length(self) -> int:
-        return self.tokens
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.tokens + query_length, 0
-
-    def parts(self) -> dict[str, int]:
-        return {**super().parts(), "gdn_state": _nbytes(self.conv_state, self.recurrent_state)}
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        super().batch_select_indices(indices)
-        self._select_states(indices)
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        super().batch_repeat_interleave(repeats)
-        if self.conv_state is not None:
-            self.conv_state = self.conv_state.repeat_interleave(repeats, dim=0)
-        if self.recurrent_state is not None:
-            self.recurrent_state = self.recurrent_state.repeat_interleave(repeats, dim=0)
 
 
 class QuantizedKVCache(Cache):
@@ -51,6 +28,9 @@ class QuantizedKVCache(Cache):
 
     def __init__(self, config, kv_format: str = "tq4:int4", window: int = 128, sink: int = 4, block_size: int = 64):
         check_sizes(window, sink, block_size)
+        if is_hybrid(config):
+            raise KVCacheError("a hydrahead hybrid keeps its KV in a HydraCache: use QuantizedHydraCache(config, ...) "
+                               "or quantized_cache(config, ...)")
         config = config.get_text_config(decoder=True)
         kinds = set(getattr(config, "layer_types", None) or ["full_attention"]) - {"full_attention"}
         if kinds:
@@ -61,20 +41,14 @@ class QuantizedKVCache(Cache):
         self.key_format, self.value_format = key_choice.build(head_dim), value_choice.build(head_dim)
         self.spec = f"{key_choice.label}:{value_choice.label}"
         self.window, self.sink, self.block_size = window, sink, block_size
-        layer = QuantizedHybridLayer if getattr(config, "hydrahead", None) else QuantizedKVLayer
-        super().__init__(layers=[layer(i, self.key_format, self.value_format, window, sink, block_size)
-                                 for i in range(config.num_hidden_layers)])
+        super().__init__(layers=quantized_layers(config, self.key_format, self.value_format, window, sink, block_size))
 
     def nbytes(self) -> int:
         return sum(layer.nbytes() for layer in self.layers)
 
     def parts(self) -> dict[str, int]:
-        """Stored bytes by part, summed over layers: sink, window, quantized payload and scales (and GDN states)."""
-        total: dict[str, int] = {}
-        for layer in self.layers:
-            for name, n in layer.parts().items():
-                total[name] = total.get(name, 0) + n
-        return total
+        """Stored bytes by part, summed over layers: sink, window, quantized payload and scales."""
+        return _sum_parts(self.layers)
 
     @property
     def quantized_tokens(self) -> int:
@@ -82,6 +56,51 @@ class QuantizedKVCache(Cache):
 
     def describe(self) -> dict:
         return {"kv_format": self.spec, "window": self.window, "sink": self.sink, "block_size": self.block_size}
+
+
+class QuantizedHydraCache(HydraCache):
+    """A hybrid's cache with its FA heads' keys and values in quantized layers (as QuantizedKVCache) and its
+    GDN states as in any HydraCache."""
+
+    def __init__(self, config, kv_format: str = "tq4:int4", window: int = 128, sink: int = 4, block_size: int = 64):
+        check_sizes(window, sink, block_size)
+        key_choice, value_choice = parse_cache_spec(kv_format)
+        head_dim = HeadPlan.from_dict(config.hydrahead["plan"], "config.hydrahead").shape.head_dim
+        self.key_format, self.value_format = key_choice.build(head_dim), value_choice.build(head_dim)
+        self.spec = f"{key_choice.label}:{value_choice.label}"
+        self.window, self.sink, self.block_size = window, sink, block_size
+        super().__init__(config, kv_layers=quantized_layers(config, self.key_format, self.value_format, window, sink,
+                                                            block_size))
+
+    def parts(self) -> dict[str, int]:
+        """Stored bytes by part, summed over layers: sink, window, quantized payload and scales, GDN states."""
+        return {**_sum_parts(self.layers), "gdn_state": sum(state.nbytes() for state in self.gdn)}
+
+    @property
+    def quantized_tokens(self) -> int:
+        return max((layer.quantized_tokens for layer in self.layers), default=0)
+
+    def describe(self) -> dict:
+        return {"kv_format": self.spec, "window": self.window, "sink": self.sink, "block_size": self.block_size}
+
+
+def quantized_layers(config, key_format, value_format, window: int, sink: int, block_size: int) -> list[QuantizedKVLayer]:
+    return [QuantizedKVLayer(i, key_format, value_format, window, sink, block_size)
+            for i in range(config.num_hidden_layers)]
+
+
+def quantized_cache(config, kv_format: str = "tq4:int4", window: int = 128, sink: int = 4, block_size: int = 64):
+    """The quantized cache for a model of `config`: a QuantizedHydraCache for a hybrid, else a QuantizedKVCache."""
+    cls = QuantizedHydraCache if is_hybrid(config) else QuantizedKVCache
+    return cls(config, kv_format, window, sink, block_size)
+
+
+def _sum_parts(layers) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for layer in layers:
+        for name, n in layer.parts().items():
+            total[name] = total.get(name, 0) + n
+    return total
 
 
 class KVCacheFactory:
@@ -95,7 +114,7 @@ class KVCacheFactory:
 
     def __call__(self, model) -> QuantizedKVCache:
         use_blockwise_attention(model)
-        return QuantizedKVCache(model.config, self.kv_format, self.window, self.sink, self.block_size)
+        return quantized_cache(model.config, self.kv_format, self.window, self.sink, self.block_size)
 
     def describe(self) -> dict:
         return {"kv_format": self.kv_format, "window": self.window, "sink": self.sink, "block_size": self.block_size}

@@ -8,6 +8,7 @@ draws samples at that size.
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
@@ -101,9 +102,12 @@ def fit_size(task: Task, tokenizer, length: int, seed: int = 0, depth: float | N
     """Largest haystack size whose prompt plus `tokens_to_generate` fits in `length` tokens."""
     budget = length - task.tokens_to_generate
 
+    @functools.lru_cache(maxsize=None)
+    def tokens(size: int) -> int:
+        return prompt_tokens(tokenizer, task.build(random.Random(f"fit-{task.name}-{seed}-{size}"), size, depth, words))
+
     def fits(size: int) -> bool:
-        example = task.build(random.Random(f"fit-{task.name}-{seed}-{size}"), size, depth, words)
-        return prompt_tokens(tokenizer, example) <= budget
+        return tokens(size) <= budget
 
     lo = task.min_size
     if not fits(lo):
@@ -114,6 +118,10 @@ def fit_size(task: Task, tokenizer, length: int, seed: int = 0, depth: float | N
         )
     hi = lo
     while fits(hi * 2):  # grow geometrically, then bisect
+        if tokens(hi * 2) <= tokens(hi):
+            # an empty or broken tokenizer: the haystack would grow without end (and memory with it)
+            raise TaskError(f"the tokenizer makes no progress on task {task.name!r}: a haystack of {hi * 2} units "
+                            f"encodes to {tokens(hi * 2)} tokens, no more than {hi} units")
         hi *= 2
     lo, hi = hi, hi * 2
     while hi - lo > 1:

@@ -112,7 +112,7 @@ def _models(config: TransferConfig, stage, device: str, with_teacher: bool = Tru
         student = load_model(config.teacher, device=device)
         options = {"logscale_length": getattr(student.config, "max_position_embeddings", 4096), **config.options}
         torch.manual_seed(config.seed)  # the new GDN parameters start the same in every process and every rerun
-        convert(student, HeadPlan.load(config.plan), HybridOptions(**options))
+        student = convert(student, HeadPlan.load(config.plan), HybridOptions(**options), inplace=True)
     return tokenizer, teacher, student
 
 
