@@ -70,11 +70,13 @@ def check_model_dir(path: str | os.PathLike) -> Path:
     architectures = raw.get("architectures") or []
     causal = [a for a in architectures if a.endswith(CAUSAL_SUFFIXES)]
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or raw.get("is_encoder_decoder"):
-        raise ModelError(f"{path} is not a decoder-only causal LM (model_type {model_type!r})")
+        raise ModelError(f"{path} is not a causal LM (model_type {model_type!r}); hydrahead takes decoder-only "
+                         "causal LMs such as Qwen3 and Llama")
     if architectures and not causal:
         raise ModelError(f"{path} is not a causal LM: its architectures are {architectures}")
     if not architectures and model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
-        raise ModelError(f"{path} is an encoder (model_type {model_type!r}, no causal-LM architecture), not a causal LM")
+        raise ModelError(f"{path} is not a causal LM: model_type {model_type!r} is an encoder and the config names "
+                         "no causal-LM architecture")
     return path
 
 

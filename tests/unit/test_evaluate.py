@@ -146,4 +146,4 @@ def test_cli_names_a_directory_that_is_not_a_causal_lm(tmp_path):
 
     ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8).save_pretrained(tmp_path)
     proc = run_cli("eval", "--model", str(tmp_path), "--tasks", "vt")
-    assert proc.returncode == 2 and "is not a causal LM (its config is ViTConfig)" in proc.stderr
+    assert proc.returncode == 2 and "is not a causal LM (model_type 'vit')" in proc.stderr

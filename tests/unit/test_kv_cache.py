@@ -16,7 +16,7 @@ from transformers import (
 from transformers.cache_utils import Cache, DynamicLayer, QuantizedLayer
 
 from hydrahead.attention import HybridOptions
-from hydrahead.cache import HybridLayer, cache_nbytes
+from hydrahead.cache import HydraCache, cache_nbytes
 from hydrahead.cli import main
 from hydrahead.convert import convert
 from hydrahead.evaluation import evaluate
@@ -25,12 +25,14 @@ from hydrahead.kv import (
     KVCacheError,
     KVCacheFactory,
     KVFormatError,
+    QuantizedHydraCache,
     QuantizedKVCache,
     QuantizedKVLayer,
     blockwise_attention,
     canonical_spec,
     get_format,
     parse_cache_spec,
+    quantized_cache,
 )
 from hydrahead.kv.attention import online_softmax_attention
 from hydrahead.kv.metrics import attention_errors, fake_quantize, relative_mse
@@ -106,13 +108,10 @@ class FakeQuantLayer(FakeQuant, DynamicLayer):
     pass
 
 
-class FakeQuantHybridLayer(FakeQuant, HybridLayer):
-    pass
-
-
-def reference_cache(model, spec, window, sink, block_size, layer=FakeQuantLayer):
+def reference_cache(model, spec, window, sink, block_size):
     c = model.config
-    return Cache(layers=[layer().setup(spec, window, sink, block_size, c.head_dim) for _ in range(c.num_hidden_layers)])
+    layers = [FakeQuantLayer().setup(spec, window, sink, block_size, c.head_dim) for _ in range(c.num_hidden_layers)]
+    return HydraCache(c, kv_layers=layers) if hasattr(c, "hydrahead") else Cache(layers=layers)
 
 
 def run_steps(model, cache, x, prefill, chunks=()):
@@ -322,14 +321,17 @@ def test_the_fa_heads_of_a_hybrid():
     model = tiny(seed=4, layers=3)
     # layer 1's FA heads sit unevenly in the KV groups, so the FA branch gathers heads from the view
     plan = HeadPlan.from_config(model.config, [[1], [0, 2, 3], [2]], "query")
-    convert(model, plan, HybridOptions(logscale_length=64))
+    model = convert(model, plan, HybridOptions(logscale_length=64))
     x = ids(2, 90, seed=4)
     spec, window, sink, block = "tq4:int4", 8, 2, 32
-    expected = run_steps(model, reference_cache(model, spec, window, sink, block, FakeQuantHybridLayer), x, 60)
+    expected = run_steps(model, reference_cache(model, spec, window, sink, block), x, 60)
     with blockwise_attention(model):
-        cache = QuantizedKVCache(model.config, spec, window=window, sink=sink, block_size=block)
+        cache = quantized_cache(model.config, spec, window=window, sink=sink, block_size=block)
         got = run_steps(model, cache, x, 60)
-    assert type(cache.layers[0]).__name__ == "QuantizedHybridLayer" and cache.get_seq_length() == 90
+    assert isinstance(cache, QuantizedHydraCache) and isinstance(cache.layers[0], QuantizedKVLayer)
+    assert cache.get_seq_length() == 90
+    with pytest.raises(KVCacheError, match="QuantizedHydraCache"):
+        QuantizedKVCache(model.config, spec)
     assert (got - expected).abs().max().item() < 2e-4
     assert cache.parts()["gdn_state"] > 0 and cache.nbytes() == cache_nbytes(cache)
 

@@ -64,16 +64,17 @@ def ue8m0_from_exponent(e: torch.Tensor) -> torch.Tensor:
 
 
 def ue8m0_encode(x: torch.Tensor) -> torch.Tensor:
-    """UE8M0 byte of the nearest power of two, as ml_dtypes rounds it.
+    """UE8M0 byte of the representable power of two nearest to x (OCP MX v1.0: E8M0 has no mantissa, no sign
+    and no zero, exponents -127..127, byte 255 is NaN; conversion rounds to nearest).
 
-    Ties (1.5 * 2**e) go up, anything up to 2**-127 becomes 2**-127, and what UE8M0 cannot hold
-    (zero, negatives, inf, NaN, 1.5 * 2**127 and above) becomes the NaN byte 255. Like ml_dtypes and
-    torch, which round the raw bits, a float32 subnormal above 2**-127 goes up to 2**-126.
+    Ties (1.5 * 2**e) go up; everything in (0, 2**-127] becomes 2**-127, the smallest value; what E8M0
+    cannot hold (zero, negatives, inf, NaN, 1.5 * 2**127 and above) becomes the NaN byte. Float32 subnormals
+    round by value like every other input (ml_dtypes before 0.7 rounded their raw bits, sending values just
+    above 2**-127 up to 2**-126).
     """
     x = x.float()
-    mantissa, exponent = torch.frexp(x)  # x = mantissa * 2**exponent, mantissa in [0.5, 1)
+    mantissa, exponent = torch.frexp(x)  # x = mantissa * 2**exponent, mantissa in [0.5, 1), subnormals too
     e = exponent - 1 + (mantissa >= 0.75).to(torch.int32)
-    e = torch.where((x > 2.0**-127) & (x < 2.0**-126), -126, e)
     ok = (x > 0) & torch.isfinite(x) & (e <= UE8M0_BIAS)
     code = e.clamp(min=-UE8M0_BIAS) + UE8M0_BIAS
     return torch.where(ok, code, UE8M0_NAN).to(torch.uint8)

@@ -118,8 +118,9 @@ def fit_size(task: Task, tokenizer, length: int, seed: int = 0, depth: float | N
         )
     hi = lo
     while fits(hi * 2):  # grow geometrically, then bisect
-        if tokens(hi * 2) <= tokens(hi):
-            # an empty or broken tokenizer: the haystack would grow without end (and memory with it)
+        # every haystack unit is at least a token: a haystack that stops growing in tokens, or holds far more
+        # units than the budget has tokens, means an empty or broken tokenizer (the loop would never end)
+        if hi * 2 > 8 * budget + 64 or (hi >= 64 and tokens(hi * 2) <= tokens(hi)):
             raise TaskError(f"the tokenizer makes no progress on task {task.name!r}: a haystack of {hi * 2} units "
                             f"encodes to {tokens(hi * 2)} tokens, no more than {hi} units")
         hi *= 2
