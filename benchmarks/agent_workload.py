@@ -32,6 +32,7 @@ import torch
 from transformers import DynamicCache, Qwen3Config, Qwen3ForCausalLM
 from transformers.generation.streamers import BaseStreamer
 
+from hydrahead.compat import cache_arg
 from hydrahead.kv import (
     KVCacheError,
     QuantizedKVCache,
@@ -87,7 +88,7 @@ class Server:
         timer = FirstToken()
         start = time.perf_counter()
         with torch.no_grad():
-            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), **cache_arg(cache),
                                       max_new_tokens=gen, min_new_tokens=gen, do_sample=False, streamer=timer,
                                       pad_token_id=0)
         self.caches[session] = cache

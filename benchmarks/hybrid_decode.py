@@ -20,7 +20,8 @@ import torch
 from transformers import DynamicCache, Qwen3Config, Qwen3ForCausalLM
 
 from hydrahead.attention import HybridOptions
-from hydrahead.cache import HybridCache, cache_nbytes
+from hydrahead.compat import cache_arg
+from hydrahead.cache import HydraCache, cache_nbytes
 from hydrahead.convert import convert
 from hydrahead.plan import HeadPlan
 
@@ -47,10 +48,10 @@ def plans(config) -> dict[str, HeadPlan | None]:
 
 def build(config, plan, dtype):
     torch.manual_seed(0)
-    model = Qwen3ForCausalLM(copy.deepcopy(config)).to(dtype).eval()  # convert() writes the plan into the config
+    model = Qwen3ForCausalLM(copy.deepcopy(config)).to(dtype).eval()
     if plan is not None:
-        convert(model, plan, HybridOptions(logscale_length=config.max_position_embeddings))
-    return model
+        model = convert(model, plan, HybridOptions(logscale_length=config.max_position_embeddings), inplace=True)
+    return model.eval()
 
 
 def filled_cache(model, plan, length: int, dtype):
@@ -62,17 +63,17 @@ def filled_cache(model, plan, length: int, dtype):
             kv = torch.randn(1, c.num_key_value_heads, length, c.head_dim, dtype=dtype)
             cache.update(kv, kv.clone(), layer)
         return cache
-    cache = HybridCache(c.num_hidden_layers)
+    cache = HydraCache(c)
     for layer, attn in enumerate(model.model.layers):
-        attn, state = attn.self_attn, cache.layers[layer]
+        attn = attn.self_attn
         if attn.fa is not None:
             kv = torch.randn(1, len(attn.fa_kv_heads), length, c.head_dim, dtype=dtype)
-            state.update(kv, kv.clone())
+            cache.update(kv, kv.clone(), layer)
         if attn.gdn is not None:
             g = attn.gdn
-            state.recurrent_state = torch.randn(1, g.num_heads, c.head_dim, c.head_dim) * 0.01
-            state.conv_state = torch.randn(1, g.conv.shape[0], g.conv_size - 1, dtype=dtype)
-        state.tokens = length
+            cache.update_gdn_state(layer, conv=torch.randn(1, g.conv.shape[0], g.conv_size - 1, dtype=dtype),
+                                   recurrent=torch.randn(1, g.num_heads, c.head_dim, c.head_dim) * 0.01)
+    cache.advance(length)
     return cache
 
 
@@ -82,7 +83,7 @@ def decode_ms(model, cache, length: int, repeats: int) -> float:
     with torch.no_grad():
         for i in range(repeats + 1):
             start = time.perf_counter()
-            model(token, past_key_values=cache, use_cache=True, position_ids=torch.tensor([[length + i]]))
+            model(token, use_cache=True, position_ids=torch.tensor([[length + i]]), **cache_arg(cache))
             times.append(time.perf_counter() - start)
     return statistics.median(times[1:]) * 1e3  # the first step warms up
 

@@ -23,6 +23,7 @@ import time
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM, StaticCache
 
+from hydrahead.compat import cache_arg
 from hydrahead.decoding import random_roles, sparse_decoding
 from hydrahead.decoding.roles import retrieval_count
 from hydrahead.plan import ModelShape
@@ -61,8 +62,7 @@ def filled_cache(model, length: int, extra: int, dtype) -> StaticCache:
 def step(model, cache, position: int) -> float:
     token = torch.tensor([[42]])
     start = time.perf_counter()
-    model(token, past_key_values=cache, use_cache=True, position_ids=torch.tensor([[position]]),
-          cache_position=torch.tensor([position]))
+    model(token, use_cache=True, position_ids=torch.tensor([[position]]), **cache_arg(cache))
     return time.perf_counter() - start
 
 

@@ -22,8 +22,8 @@ def test_teacher_all_fa_conversion_is_exact():
     ids = torch.randint(3, model.config.vocab_size, (2, 300), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = model(ids).logits
-        convert(model, HeadPlan.full_attention(model.config), HybridOptions(fusion="concat", fa_position="rope"))
-        assert (model(ids).logits - expected).abs().max().item() < 1e-5
+        hybrid = convert(model, HeadPlan.full_attention(model.config), HybridOptions(fusion="concat", fa_position="rope"))
+        assert (hybrid(ids).logits - expected).abs().max().item() < 1e-5
 
 
 def test_convert_then_eval_and_generate_the_hybrid(tmp_path, capsys):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from hydrahead.cli import main
+from hydrahead.compat import cache_arg
 from hydrahead.kv import QuantizedKVCache, blockwise_attention
 from hydrahead.models import load_causal_lm
 from hydrahead.tasks import generate
@@ -50,7 +51,7 @@ def test_most_of_the_prompt_is_quantized():
     ids = tok(prompt, return_tensors="pt").input_ids
     cache = QuantizedKVCache(model.config, "tq4:int4", window=32, sink=4, block_size=64)
     with torch.no_grad(), blockwise_attention(model):
-        model(ids, past_key_values=cache, use_cache=True)
+        model(ids, use_cache=True, **cache_arg(cache))
     assert ids.shape[1] > 440 and cache.quantized_tokens >= ids.shape[1] - 4 - 32 - 63
     parts = cache.parts()
     as_bf16 = cache.quantized_tokens * 4 * 2 * 2 * 32 * 2  # layers x KV heads x (K, V) x head_dim x 2 bytes
