@@ -1,16 +1,23 @@
-# `make demo` and `make test` each set up .venv from nothing (torch is pinned to the CPU wheel this
-# machine has; on a GPU machine install the torch you want first and the pin is already satisfied).
+# `make demo` and `make test` each set up .venv from nothing, with the exact versions of requirements.lock
+# (torch is pinned to the CPU wheel this machine has; on a GPU machine install the torch you want first
+# and the pin is already satisfied). `make test-latest` runs the suite in .venv-latest on the newest
+# versions pyproject.toml allows (torch stays at the pinned CPU wheel).
 VENV := .venv
 PY := $(VENV)/bin/python
+LATEST := .venv-latest
+LOCK := requirements.lock
+TORCH := torch==2.13.0
 TEACHER := models/hydrahead-teacher-3m
 
-.PHONY: install demo demo-quick test teacher clean
+.PHONY: install demo demo-quick test test-latest lock teacher clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -r $(LOCK)
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip check
 	touch $@
 
 install: $(VENV)/.installed
@@ -25,8 +32,24 @@ demo-quick: install
 test: install
 	$(PY) -m pytest -q
 
+# a separate venv with the newest releases the bounds in pyproject.toml allow, made anew each time
+test-latest:
+	rm -rf $(LATEST)
+	python3 -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip
+	$(LATEST)/bin/python -m pip install -q $(TORCH)
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[test]"
+	$(LATEST)/bin/python -m pip check
+	@$(LATEST)/bin/python -c "import torch, transformers; print(f'test-latest: torch {torch.__version__}, transformers {transformers.__version__}')"
+	$(LATEST)/bin/python -m pytest -q
+
+# rewrite the lock from the newest allowed versions (then run `make test` before committing it)
+lock: test-latest
+	{ head -2 $(LOCK); $(LATEST)/bin/python -m pip freeze --exclude-editable | sed 's/+cpu$$//'; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+
 teacher: install
 	$(VENV)/bin/hydrahead teacher train --out runs/teacher
 
 clean:
-	rm -rf $(VENV) results runs
+	rm -rf $(VENV) $(LATEST) results runs
