@@ -72,7 +72,8 @@ class Align(Stage):
             return hook
 
         def grab_output(store):
-            return lambda i: (lambda module, args, out: store.__setitem__(i, out[0]))
+            # an HF attention module returns (output, weights); hydrahead's hybrid attention the output alone
+            return lambda i: (lambda module, args, out: store.__setitem__(i, out[0] if isinstance(out, tuple) else out))
 
         with torch.no_grad(), _hooks(_attention(teacher), grab_input, grab_output(targets)):
             teacher(input_ids=ids, use_cache=False, logits_to_keep=1)
@@ -88,6 +89,10 @@ class Align(Stage):
         outputs: dict[int, torch.Tensor] = {}
         with _hooks(_attention(student), teacher_forced, grab_output(outputs)):
             student(input_ids=ids, use_cache=False, logits_to_keep=1)
+        for i in sorted(targets):
+            if outputs[i].shape != targets[i].shape:  # a broadcast MSE would train on the wrong target, silently
+                raise RuntimeError(f"layer {i}: hybrid attention output {tuple(outputs[i].shape)} against the "
+                                   f"original's {tuple(targets[i].shape)}")
         per_layer = [
             F.mse_loss(outputs[i].float(), targets[i].float()) / targets[i].float().pow(2).mean().clamp(min=1e-12)
             for i in sorted(targets)
