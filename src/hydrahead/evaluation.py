@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .errors import HydraheadError
 from .generation import greedy_generate
+from .selfcheck import check_cached_decoding
 from .tasks import Sample, generate, parse_tasks
 from .tasks.base import TASKS
 from .tasks.scoring import METRICS, postprocess_pred
@@ -133,6 +134,8 @@ def evaluate(model, tokenizer, tasks="niah_single_1", lengths=(512,), limit: int
     if limit <= 0:
         raise HydraheadError(f"--limit must be positive, got {limit}")
     samples = build_samples(tokenizer, tasks, lengths, limit, seed, depths)
+    if model is not None:
+        check_cached_decoding(model)  # a cache that is silently not used would make every score noise
     result = score_samples(model, tokenizer, samples, batch_size, progress, cache_factory=cache_factory)
     result.config = {"tasks": [t.name for t in parse_tasks(tasks)], "lengths": parse_lengths(lengths),
                      "limit": limit, "seed": seed, "depths": list(depths) if depths else None, "batch_size": batch_size}

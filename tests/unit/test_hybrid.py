@@ -271,3 +271,16 @@ def test_shifted_sum_conv_equals_depthwise_conv1d_with_gradients():
     ref_grads = torch.autograd.grad(ref.square().sum(), (x, w))
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b)
+
+
+def test_the_self_check_catches_a_cache_that_is_not_used(monkeypatch):
+    from hydrahead.selfcheck import CachedDecodingError, check_cached_decoding
+
+    plain = tiny(seed=12)
+    model = randomise_new_parameters(convert(plain, mixed_plan(plain), HybridOptions(logscale_length=8)))
+    assert check_cached_decoding(plain) < 1e-5 and check_cached_decoding(model) < 1e-5
+    # what transformers 5.24 did to the old hybrid: every decode step ran as if nothing had been cached
+    monkeypatch.setattr(HydraCache, "update", lambda self, k, v, layer_idx: (k, v))
+    monkeypatch.setattr(HydraCache, "gdn_state", lambda self, layer_idx: type(self.gdn[0])())
+    with pytest.raises(CachedDecodingError, match="the cache is not being used"):
+        check_cached_decoding(model)
