@@ -9,6 +9,7 @@ dir, trust_remote_code=True)` loads it wherever hydrahead is installed; plain tr
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -93,13 +94,11 @@ def convert(model, plan: HeadPlan, options: HybridOptions | None = None, inplace
         hybrid.lm_head.weight = target.embed_tokens.weight
     else:
         hybrid.lm_head = share(model.lm_head)
-    hybrid.generation_config = model.generation_config
+    hybrid.generation_config = copy.deepcopy(model.generation_config)
     return hybrid.train(model.training)
 
 
 def _copy_module(module: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
     return copy.deepcopy(module)
 
 
