@@ -89,6 +89,19 @@ def parse_tasks(spec: str | list[str]) -> list[Task]:
     return [get_task(n) for n in names]
 
 
+def parse_lengths(lengths) -> list[int]:
+    """Context lengths in tokens, from "512,1024" or a list; torch-free, so the CLI checks them at once."""
+    if isinstance(lengths, str):
+        lengths = [x for x in lengths.split(",") if x.strip()]
+    try:
+        out = [int(x) for x in lengths]
+    except ValueError:
+        raise HydraheadError(f"lengths must be integers, got {lengths!r}") from None
+    if not out or any(n <= 0 for n in out):
+        raise HydraheadError(f"lengths must be positive integers, got {lengths!r}")
+    return out
+
+
 def count_tokens(tokenizer, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
