@@ -37,9 +37,12 @@ class PipelineConfig:
     @classmethod
     def quick(cls, **kw) -> PipelineConfig:
         """A few minutes end to end: fewer pairs, steps, lengths and samples."""
-        settings = {"behaviours": ["retrieval"], "num_pairs": 4, "align_steps": 20, "distill_steps": 30,
-                    "long_steps": 10, "factors": (1, 2, 4), "limit": 5}
-        return cls(**{**settings, **kw})
+        return cls(**{**QUICK, **kw})
+
+
+# what `hydrahead pipeline --quick` changes
+QUICK = {"behaviours": ["retrieval"], "num_pairs": 4, "align_steps": 20, "distill_steps": 30, "long_steps": 10,
+         "factors": (1, 2, 4), "limit": 5}
 
 
 def _log(message: str) -> None:
