@@ -49,7 +49,7 @@ def build(config, plan, dtype):
     torch.manual_seed(0)
     model = Qwen3ForCausalLM(copy.deepcopy(config)).to(dtype).eval()  # convert() writes the plan into the config
     if plan is not None:
-        convert(model, plan, HybridOptions(logscale_length=config.max_position_embeddings))
+        model = convert(model, plan, HybridOptions(logscale_length=config.max_position_embeddings))
     return model
 
 

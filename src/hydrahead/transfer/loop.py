@@ -112,7 +112,8 @@ def _models(config: TransferConfig, stage, device: str, with_teacher: bool = Tru
         student = load_model(config.teacher, device=device)
         options = {"logscale_length": getattr(student.config, "max_position_embeddings", 4096), **config.options}
         torch.manual_seed(config.seed)  # the new GDN parameters start the same in every process and every rerun
-        convert(student, HeadPlan.load(config.plan), HybridOptions(**options))
+        # the returned model: convert may work on a copy (the loaded original is dropped right after)
+        student = convert(student, HeadPlan.load(config.plan), HybridOptions(**options))
     return tokenizer, teacher, student
 
 
