@@ -4,7 +4,6 @@ default, and `--version`. Torch-free: `hydrahead --help` and `--version` answer 
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 
 
@@ -41,23 +40,6 @@ def command(sub, name: str, help: str) -> Parser:
     return sub.add_parser(name, help=help, description=help)
 
 
-def software_versions() -> dict[str, str]:
-    """hydrahead's, torch's, transformers' and python's versions, read from the installed packages'
-    metadata: importing torch just to print its version would take seconds."""
-    from importlib import metadata
-
-    from . import __version__
-
-    versions = {"hydrahead": __version__}
-    for name in ("torch", "transformers"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    versions["python"] = platform.python_version()
-    return versions
-
-
 class VersionAction(argparse.Action):
     """`--version`: one line, e.g. `hydrahead 0.1.0 (torch 2.13.0+cpu, transformers 5.24.0, python 3.11.2)`."""
 
@@ -66,6 +48,8 @@ class VersionAction(argparse.Action):
                          help=help or "print the versions of hydrahead, torch, transformers and python, and exit")
 
     def __call__(self, parser, namespace, values, option_string=None):
+        from .versions import software_versions
+
         v = software_versions()
         print(f"hydrahead {v['hydrahead']} (torch {v['torch']}, transformers {v['transformers']}, python {v['python']})")
         sys.stdout.flush()
