@@ -46,6 +46,35 @@ def tasks(spec) -> None:
     parse_tasks(spec)
 
 
+class _FastTokenizer:
+    """The model's tokenizer.json through `tokenizers` alone, called the way the task generators call a
+    transformers tokenizer (which, from transformers 5, imports torch)."""
+
+    def __init__(self, path: Path):
+        from tokenizers import Tokenizer
+
+        self._tokenizer = Tokenizer.from_file(str(path))
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+        return {"input_ids": self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids}
+
+
+def lengths_fit(model, spec, lengths, seed: int = 0, depths=(None,)) -> None:
+    """Every task's template fits every length, counted with the model's own tokenizer. Skipped for a
+    directory without tokenizer.json: the same check runs again with the full tokenizer later."""
+    from .tasks import parse_tasks
+    from .tasks.base import check_fits
+
+    path = Path(model) / "tokenizer.json"
+    if not path.is_file():
+        return
+    counter = _FastTokenizer(path)
+    for task in parse_tasks(spec):
+        for length in lengths:
+            for depth in depths if task.supports_depth else (None,):
+                check_fits(task, counter, length, seed, depth)
+
+
 def ratio(value, flag: str = "--ratio") -> None:
     if value is not None and not re.fullmatch(r"\s*\d+\s*:\s*\d+\s*", str(value)):
         raise HydraheadError(f"{flag} takes GDN:FA units as two whole numbers, e.g. 7:1, got {value!r}")
@@ -81,17 +110,16 @@ def check_eval(args) -> None:
         raise HydraheadError("give --tasks (generated data) or --data FILE.jsonl (a RULER-format file)")
     positive("--limit", args.limit)
     positive("--batch_size", args.batch_size)
-    if args.tasks is not None:
-        tasks(args.tasks)
-        from .tasks.base import parse_lengths
-
-        parse_lengths(args.lengths)
+    depths = numbers("--depths", args.depths, float, 0, 100) if args.depths else [None]
     existing_file(args.data, "--data")
-    if args.depths:
-        numbers("--depths", args.depths, float, 0, 100)
     kv_flags(args)
     sparse(args)
     model_dir(args.model)
+    if args.tasks is not None:
+        from .tasks.base import parse_lengths
+
+        tasks(args.tasks)
+        lengths_fit(args.model, args.tasks, parse_lengths(args.lengths), args.seed, depths)
 
 
 def check_generate(args) -> None:
@@ -188,6 +216,7 @@ def check_tasks_generate(args) -> None:
         raise HydraheadError(f"--depth is a percentage in [0, 100], got {args.depth}")
     if not Path(args.tokenizer).is_dir():
         raise HydraheadError(f"tokenizer directory {args.tokenizer} does not exist")
+    lengths_fit(args.tokenizer, args.task, [args.length], args.seed, [args.depth])
 
 
 def check_roles(args) -> None:

@@ -88,6 +88,7 @@ BAD = [
     (["eval", "--model", "TEACHER", "--tasks", "vt", "--lengths", "512,abc"], "lengths must be integers"),
     (["eval", "--model", "TEACHER", "--tasks", "vt", "--lengths", "0"], "lengths must be positive"),
     (["eval", "--model", "missing-dir", "--tasks", "vt"], "model directory missing-dir does not exist"),
+    (["eval", "--model", "TEACHER", "--tasks", "vt", "--lengths", "512,256"], "length 256 is too short for task 'vt'"),
     (["eval", "--model", "TEACHER", "--tasks", "vt", "--batch_size", "0"], "--batch_size must be positive"),
     (["eval", "--model", "TEACHER", "--tasks", "vt", "--limit", "-1"], "--limit must be positive"),
     (["eval", "--model", "TEACHER", "--tasks", "vt", "--depths", "50,120"], "--depths takes comma-separated numbers"),
@@ -108,6 +109,8 @@ BAD = [
     (["teacher", "train", "--out", "x", "--steps", "0"], "--steps must be positive"),
     (["tasks", "generate", "--tokenizer", "TEACHER", "--task", "nope", "--length", "512", "--out", "x"],
      "unknown task 'nope'"),
+    (["tasks", "generate", "--tokenizer", "TEACHER", "--task", "niah_multivalue", "--length", "100", "--out", "x"],
+     "length 100 is too short for task 'niah_multivalue'"),
     (["roles", "--model", "TEACHER", "--target", "2", "--out", "x"], "--target must be a share in [0, 1]"),
     (["roles", "--model", "TEACHER", "--budget", "0", "--out", "x"], "budget"),
 ]
@@ -135,6 +138,20 @@ def test_bad_arguments_are_reported_before_torch_or_transformers_is_imported(tmp
         assert code == 2 and len(lines) == 1 and lines[0].startswith("hydrahead: error:"), (args, err)
         assert message in lines[0], (args, lines[0])
         assert heavy == [], f"{args} imported {heavy} before reporting: {lines[0]}"
+
+
+def test_the_early_token_count_is_the_models_tokenizer():
+    """The length check before torch counts with `tokenizers` alone; it must count what transformers counts."""
+    from transformers import AutoTokenizer
+
+    from hydrahead.cli_checks import _FastTokenizer
+    from hydrahead.tasks import generate
+
+    reference = AutoTokenizer.from_pretrained(TEACHER)
+    fast = _FastTokenizer(TEACHER / "tokenizer.json")
+    for sample in generate("vt", reference, 512, 2) + generate("niah_multikey_1", reference, 512, 2):
+        text = sample.input + sample.answer_prefix
+        assert fast(text)["input_ids"] == reference(text, add_special_tokens=False)["input_ids"]
 
 
 def test_good_arguments_pass_the_checks_without_torch():

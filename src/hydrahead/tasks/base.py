@@ -110,21 +110,31 @@ def prompt_tokens(tokenizer, example: Example) -> int:
     return count_tokens(tokenizer, example.input + example.answer_prefix)
 
 
-def fit_size(task: Task, tokenizer, length: int, seed: int = 0, depth: float | None = None, words: str = "all") -> int:
-    """Largest haystack size whose prompt plus `tokens_to_generate` fits in `length` tokens."""
-    budget = length - task.tokens_to_generate
+def _fits(task: Task, tokenizer, length: int, size: int, seed: int, depth: float | None, words: str) -> bool:
+    example = task.build(random.Random(f"fit-{task.name}-{seed}-{size}"), size, depth, words)
+    return prompt_tokens(tokenizer, example) <= length - task.tokens_to_generate
 
-    def fits(size: int) -> bool:
-        example = task.build(random.Random(f"fit-{task.name}-{seed}-{size}"), size, depth, words)
-        return prompt_tokens(tokenizer, example) <= budget
 
-    lo = task.min_size
-    if not fits(lo):
-        needed = prompt_tokens(tokenizer, task.build(random.Random(0), lo, depth, words)) + task.tokens_to_generate
+def check_fits(task: Task, tokenizer, length: int, seed: int = 0, depth: float | None = None, words: str = "all") -> None:
+    """TaskError when even the smallest haystack does not fit `length` tokens (one tokenization: the
+    command line runs it before anything heavy is loaded)."""
+    if not _fits(task, tokenizer, length, task.min_size, seed, depth, words):
+        example = task.build(random.Random(0), task.min_size, depth, words)
+        needed = prompt_tokens(tokenizer, example) + task.tokens_to_generate
         raise TaskError(
             f"length {length} is too short for task {task.name!r}: its template with the smallest haystack "
             f"needs about {needed} tokens (including {task.tokens_to_generate} to generate)"
         )
+
+
+def fit_size(task: Task, tokenizer, length: int, seed: int = 0, depth: float | None = None, words: str = "all") -> int:
+    """Largest haystack size whose prompt plus `tokens_to_generate` fits in `length` tokens."""
+
+    def fits(size: int) -> bool:
+        return _fits(task, tokenizer, length, size, seed, depth, words)
+
+    check_fits(task, tokenizer, length, seed, depth, words)
+    lo = task.min_size
     hi = lo
     while fits(hi * 2):  # grow geometrically, then bisect
         hi *= 2
