@@ -35,10 +35,10 @@ def length_axis(ax, lengths, native_length: int | None = None, label: str | None
 
 
 def ema(values, span: int | None = None) -> list[float]:
-    """Exponential moving average (span ~ the steps it averages over; default a twentieth of the run,
+    """Exponential moving average (span ~ the steps it averages over; default an eighth of the run,
     1-50 steps), seeded with the first value so the curve starts where the raw one does."""
     values = [float(v) for v in values]
-    span = span or max(1, min(50, len(values) // 20))
+    span = span or max(1, min(50, len(values) // 8))
     alpha = 2 / (span + 1)
     out, current = [], values[0] if values else 0.0
     for v in values:
@@ -55,8 +55,8 @@ def loss_curve(ax, steps, values, label: str, color=None, width: float = 1.4):
 
 def loss_axis(ax, values, ylabel: str = "loss") -> None:
     """A y axis that a reader reads without decoding: log scale only when the loss spans more than 3x,
-    with ticks at 1-2-5 of each decade (every decade over a wide range) written plainly (0.2, 0.5, 1, 2)
-    instead of "2x10^0"."""
+    with ticks at 1-2-5 of each decade (more within one decade, only the decades over a wide range)
+    written plainly (0.2, 0.5, 1, 2) instead of "2x10^0"."""
     from matplotlib import ticker
 
     import math
@@ -65,7 +65,8 @@ def loss_axis(ax, values, ylabel: str = "loss") -> None:
     if positive and max(positive) / min(positive) > 3:
         ax.set_yscale("log")
         decades = math.log10(max(positive) / min(positive))
-        ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades < 2.5 else (1.0,)))
+        subs = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0) if decades < 1 else (1.0, 2.0, 5.0) if decades < 2.5 else (1.0,)
+        ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=subs, numticks=12))
         ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel("step")
