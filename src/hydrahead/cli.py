@@ -268,7 +268,7 @@ def _pipeline(args) -> int:
 
 
 def _kv_factory(args):
-    """The quantized KV cache of --kv-format as a cache factory (None without it), checked before any model loads."""
+    """The quantized KV cache of --kv_format as a cache factory (None without it), checked before any model loads."""
     sizes = {"window": args.kv_window, "sink": args.kv_sink, "block_size": args.kv_block}
     if args.kv_format is None:  # cli_checks.kv_flags refused sizes without a format
         return None

@@ -1,4 +1,4 @@
-"""The command-line side of sparse decoding: the `--sparse-decode` options of `eval` / `generate`, and
+"""The command-line side of sparse decoding: the `--sparse_decode` options of `eval` / `generate`, and
 `hydrahead roles` (decode roles learned with gates, or from scores, at random, or by the uniform rule)."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def add_sparse_args(parser) -> None:
 
 
 def sparse_config(args) -> SparseConfig | None:
-    """The checked settings (before any model is loaded), or None without --sparse-decode."""
+    """The checked settings (before any model is loaded), or None without --sparse_decode."""
     if not args.sparse_decode:
         used = [flag for flag, value in (("--budget", args.budget), ("--roles", args.roles), ("--dense_every", args.dense_every))
                 if value is not None]
@@ -49,7 +49,7 @@ def sparse_config(args) -> SparseConfig | None:
 
 
 def sparse_context(model, args, config: SparseConfig | None):
-    """A `sparse_decoding` block for the model, or a no-op without --sparse-decode."""
+    """A `sparse_decoding` block for the model, or a no-op without --sparse_decode."""
     if config is None:
         return contextlib.nullcontext(None)
     from .sparse import sparse_decoding
