@@ -12,7 +12,7 @@ make up for. Each variant's runs are kept in --out and reused, so the script can
 again, and several copies of the same command started side by side share the variants out between them
 (on 2 cores: two copies with OMP_NUM_THREADS=1).
 
-    python benchmarks/transfer_comparison.py --out runs/comparison            # the README's table
+    python benchmarks/transfer_comparison.py --out runs/comparison            # the table of docs/transfer.md
     python benchmarks/transfer_comparison.py --quick --out runs/comparison-q  # minutes, for a smoke run
 """
 

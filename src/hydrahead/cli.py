@@ -20,11 +20,7 @@ def _eval(args) -> int:
     from .models import load_model, load_tokenizer
     from .tasks import read_jsonl
 
-    if args.data is None and args.tasks is None:
-        raise HydraheadError("give --tasks (generated data) or --data FILE.jsonl (a RULER-format file)")
-    if args.limit is not None and args.limit <= 0:
-        raise HydraheadError(f"--limit must be positive, got {args.limit}")
-    cache_factory = _kv_factory(args)
+    cache_factory = _kv_factory(args)  # the arguments were checked by cli_checks.check_eval
     from .decoding.cli import describe, sparse_config, sparse_context
 
     sparse = sparse_config(args)
@@ -107,11 +103,7 @@ def _generate(args) -> int:
     from .convert import is_hybrid
     from .models import load_model, load_tokenizer
 
-    if (args.prompt is None) == (args.prompt_file is None):
-        raise HydraheadError("give exactly one of --prompt TEXT or --prompt_file FILE")
-    if args.max_new_tokens <= 0:
-        raise HydraheadError(f"--max_new_tokens must be positive, got {args.max_new_tokens}")
-    cache_factory = _kv_factory(args)
+    cache_factory = _kv_factory(args)  # the arguments were checked by cli_checks.check_generate
     from .decoding.cli import describe, sparse_config, sparse_context
 
     sparse = sparse_config(args)
@@ -193,11 +185,9 @@ def _score(args) -> int:
 def _plan(args) -> int:
     from .models import check_model_dir
     from .plan import ModelShape
-    from .selection import Scores, SelectionError, make_plan
+    from .selection import Scores, make_plan
     from .selection.scores import parse_weights
 
-    if args.scores is None and args.model is None:
-        raise SelectionError("give --scores FILE (from `hydrahead score`) or, for layerwise / random plans, --model DIR")
     scores = Scores.load(args.scores) if args.scores else None
     if scores is not None and args.weights:
         scores.weights = parse_weights(args.weights)
@@ -254,19 +244,10 @@ def _ablate(args) -> int:
 def _distill(args) -> int:
     import os
 
-    import yaml
+    from .cli_checks import distill_config
+    from .transfer import train_stage
 
-    from .transfer import load_config, train_stage
-
-    overrides = {k: getattr(args, k) for k in (
-        "stage", "teacher", "plan", "init", "out", "steps", "seq_len", "batch_size", "micro_batch", "lr", "warmup",
-        "seed", "checkpoint_every", "max_minutes", "parallel")}
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise HydraheadError(f"--set takes KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
-    config = load_config(args.config, overrides)
+    config = distill_config(args)
     model_dir = train_stage(config, progress=not args.quiet)
     if model_dir is None:
         print(f"stopped early with a checkpoint in {config.out}/training; run the same command to resume")
@@ -288,12 +269,9 @@ def _pipeline(args) -> int:
 
 
 def _kv_factory(args):
-    """The quantized KV cache of --kv-format as a cache factory (None without it), checked before any model loads."""
+    """The quantized KV cache of --kv_format as a cache factory (None without it), checked before any model loads."""
     sizes = {"window": args.kv_window, "sink": args.kv_sink, "block_size": args.kv_block}
-    if args.kv_format is None:
-        given = [f"--kv-{name.split('_')[0]}" for name, value in sizes.items() if value is not None]
-        if given:
-            raise HydraheadError(f"{given[0]} needs --kv-format")
+    if args.kv_format is None:  # cli_checks.kv_flags refused sizes without a format
         return None
     from .kv import KVCacheFactory
 
@@ -305,15 +283,14 @@ def _kv_line(kv: dict) -> str:
 
 
 def _add_kv_args(parser) -> None:
-    parser.add_argument("--kv-format", "--kv_format", dest="kv_format",
-                        help="quantized KV cache, KEYS:VALUES formats, e.g. tq4:int4, fp8, bf16, int4-token "
-                             "(formats: bf16 fp8 int4 mxfp4 nvfp4 tq4)")
-    parser.add_argument("--kv-window", "--kv_window", dest="kv_window", type=int,
-                        help="recent tokens kept in high precision (default 128)")
-    parser.add_argument("--kv-sink", "--kv_sink", dest="kv_sink", type=int,
-                        help="first tokens kept in high precision (default 4)")
-    parser.add_argument("--kv-block", "--kv_block", dest="kv_block", type=int,
-                        help="tokens quantized together, a multiple of 32 (default 64)")
+    from .cli_help import flag
+
+    group = parser.add_argument_group("quantized KV cache (UltraQuant)")
+    group.add_argument(*flag("kv_format"), help="KEYS:VALUES formats, e.g. tq4:int4, fp8, bf16, int4-token "
+                                                "(formats: bf16 fp8 int4 mxfp4 nvfp4 tq4; default: the model's own cache)")
+    group.add_argument(*flag("kv_window"), type=int, help="recent tokens kept in high precision (default: 128)")
+    group.add_argument(*flag("kv_sink"), type=int, help="first tokens kept in high precision (default: 4)")
+    group.add_argument(*flag("kv_block"), type=int, help="tokens quantized together, a multiple of 32 (default: 64)")
 
 
 def _read_text(path) -> str:
@@ -337,6 +314,8 @@ def _teacher_train(args) -> int:
     from .teacher.train import PRESETS, TeacherConfig, train
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TeacherConfig) if getattr(args, f.name, None) is not None}
+    if args.no_eval:  # the closing evaluation of 4 tasks takes minutes on a CPU
+        overrides["eval_samples"] = 0
     cfg = TeacherConfig(**{**PRESETS[args.preset], **overrides})
     out = train(args.out, cfg, max_minutes=args.max_minutes, progress=not args.quiet)
     if out is not None:
@@ -365,170 +344,220 @@ def _tasks_generate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hydrahead", description="Head-wise long-context tools for HF causal LMs.")
+    from . import cli_checks as checks
+    from .cli_help import Parser, VersionAction, command, flag
+    from .decoding.cli import add_roles_parser, add_sparse_args
+    from .teacher.config import PRESETS, TeacherConfig
+    from .transfer.config import TransferConfig
+    from .transfer.pipeline import QUICK, PipelineConfig
+
+    parser = Parser(prog="hydrahead", description="Head-wise long-context tools for HF causal LMs.")
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    ev = sub.add_parser("eval", help="evaluate a local HF causal LM on RULER-style tasks")
-    ev.add_argument("--model", required=True, help="a local HF model directory")
-    ev.add_argument("--tasks", help="comma-separated task names (see `hydrahead tasks list`)")
-    ev.add_argument("--data", help="a RULER-format JSONL file instead of generated tasks")
-    ev.add_argument("--lengths", default="512", help="comma-separated context lengths in tokens")
-    ev.add_argument("--limit", type=int, default=None, help="samples per task and length (default 50)")
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--depths", help="needle depths in %% for NIAH tasks, e.g. 0,50,100")
-    ev.add_argument("--batch_size", type=int, default=8)
-    ev.add_argument("--metric", choices=["string_match_all", "string_match_part"], help="override the task's metric")
-    ev.add_argument("--output_path", help="a folder; each run writes a new subfolder")
-    ev.add_argument("--plot", action="store_true", help="write accuracy-vs-length and depth-heatmap PNGs")
-    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev = command(sub, "eval", "evaluate a local HF causal LM on RULER-style tasks")
+    ev.add_argument(*flag("model"), required=True, help="a local HF model directory")
+    ev.add_argument(*flag("tasks"), help="comma-separated task names (see `hydrahead tasks list`)")
+    ev.add_argument(*flag("data"), help="a RULER-format JSONL file instead of generated tasks")
+    ev.add_argument(*flag("lengths"), default="512", help="comma-separated context lengths in tokens")
+    ev.add_argument(*flag("limit"), type=int, default=None, help="samples per task and length (default: 50; "
+                                                                  "with --data, every sample of the file)")
+    ev.add_argument(*flag("seed"), type=int, default=0, help="seed of the generated samples")
+    ev.add_argument(*flag("depths"), help="needle depths in %% for NIAH tasks, e.g. 0,50,100 (default: random "
+                                          "depths; with --plot 0,25,50,75,100)")
+    ev.add_argument(*flag("batch_size"), type=int, default=8, help="prompts generated together (fewer for long ones)")
+    ev.add_argument(*flag("metric"), choices=["string_match_all", "string_match_part"],
+                    help="override the task's metric (default: each task's own)")
+    ev.add_argument(*flag("output_path"), help="a folder; each run writes a new subfolder (default: nothing written)")
+    ev.add_argument(*flag("plot"), action="store_true", help="write accuracy-vs-length and depth-heatmap PNGs")
+    ev.add_argument(*flag("quiet"), action="store_true", help="no progress bar")
     _add_kv_args(ev)
-    from .decoding.cli import add_roles_parser, add_sparse_args
-
     add_sparse_args(ev)
-    ev.set_defaults(func=_eval)
+    ev.set_defaults(func=_eval, check=checks.check_eval)
 
-    cv = sub.add_parser("convert", help="convert a Qwen3 / Llama model into a head-wise hybrid following a plan")
-    cv.add_argument("--model", required=True, help="a local HF model directory")
-    cv.add_argument("--plan", required=True, help="a head plan JSON file")
-    cv.add_argument("--out", required=True, help="the hybrid's output directory")
-    cv.add_argument("--fusion", default="scale", choices=["scale", "concat", "gate"])
-    cv.add_argument("--fa_position", default="nope_logscale", choices=["nope_logscale", "rope"])
-    cv.add_argument("--gdn_shared_kv", action="store_true", help="GDN heads share their KV head's k/v (not MHA-like)")
-    cv.add_argument("--conv_size", type=int, default=4)
-    cv.add_argument("--logscale_length", type=int, help="keys before the FA query scale grows (default: max_position_embeddings)")
-    cv.set_defaults(func=_convert)
+    cv = command(sub, "convert", "convert a Qwen3 / Llama model into a head-wise hybrid following a plan")
+    cv.add_argument(*flag("model"), required=True, help="a local HF model directory")
+    cv.add_argument(*flag("plan"), required=True, help="a head plan JSON file")
+    cv.add_argument(*flag("out"), required=True, help="the hybrid's output directory")
+    cv.add_argument(*flag("fusion"), default="scale", choices=["scale", "concat", "gate"],
+                    help="how head outputs are combined: RMS-normalised and scaled per head, raw, or an "
+                         "input-dependent softmax gate")
+    cv.add_argument(*flag("fa_position"), default="nope_logscale", choices=["nope_logscale", "rope"],
+                    help="FA heads without RoPE and with a log-length query scale, or with RoPE kept")
+    cv.add_argument(*flag("gdn_shared_kv"), action="store_true",
+                    help="GDN heads share their KV head's k/v (default: each GDN head gets its own copy, MHA-like)")
+    cv.add_argument(*flag("conv_size"), type=int, default=4, help="width of the GDN heads' short causal convolution")
+    cv.add_argument(*flag("logscale_length"), type=int,
+                    help="keys before the FA query scale grows (default: the model's max_position_embeddings)")
+    cv.set_defaults(func=_convert, check=checks.check_convert)
 
-    gn = sub.add_parser("generate", help="greedy continuation of a prompt (original or hybrid model)")
-    gn.add_argument("--model", required=True, help="a local HF model directory (original or hybrid)")
-    gn.add_argument("--prompt", help="the prompt text")
-    gn.add_argument("--prompt_file", help="a file holding the prompt")
-    gn.add_argument("--max_new_tokens", type=int, default=32)
+    gn = command(sub, "generate", "greedy continuation of a prompt (original or hybrid model)")
+    gn.add_argument(*flag("model"), required=True, help="a local HF model directory (original or hybrid)")
+    gn.add_argument(*flag("prompt"), help="the prompt text")
+    gn.add_argument(*flag("prompt_file"), help="a file holding the prompt")
+    gn.add_argument(*flag("max_new_tokens"), type=int, default=32, help="tokens to generate")
     _add_kv_args(gn)
     add_sparse_args(gn)
-    gn.set_defaults(func=_generate)
+    gn.set_defaults(func=_generate, check=checks.check_generate)
     add_roles_parser(sub)
 
-    sc = sub.add_parser("score", help="score every attention head by activation and path patching")
-    sc.add_argument("--model", required=True, help="a local HF model directory (the original Transformer)")
-    sc.add_argument("--behaviours", "--behaviors", default="retrieval,multikey,induction",
+    sc = command(sub, "score", "score every attention head by activation and path patching")
+    sc.add_argument(*flag("model"), required=True, help="a local HF model directory (the original Transformer)")
+    sc.add_argument(*flag("behaviours", "--behaviors"), default="retrieval,multikey,induction",
                     help="comma-separated: retrieval, multikey, induction, vt")
-    sc.add_argument("--length", type=int, default=512, help="prompt length in tokens")
-    sc.add_argument("--num_pairs", "--num-pairs", type=int, default=8, help="clean / corrupted pairs per behaviour")
-    sc.add_argument("--seed", type=int, default=0)
-    sc.add_argument("--direction", default="denoise", choices=["denoise", "noise"],
+    sc.add_argument(*flag("length"), type=int, default=512, help="prompt length in tokens")
+    sc.add_argument(*flag("num_pairs"), type=int, default=8, help="clean / corrupted pairs per behaviour")
+    sc.add_argument(*flag("seed"), type=int, default=0, help="seed of the prompt pairs")
+    sc.add_argument(*flag("direction"), default="denoise", choices=["denoise", "noise"],
                     help="denoise: clean heads into the corrupted run; noise: the reverse")
-    sc.add_argument("--receivers", type=int, default=4, help="top heads that path patching traces back from")
-    sc.add_argument("--attribution_top", "--attribution-top", type=int,
-                    help="estimate every head by attribution patching, then really patch only its top K")
-    sc.add_argument("--retrieval_samples", "--retrieval-samples", type=int, default=8,
+    sc.add_argument(*flag("receivers"), type=int, default=4, help="top heads that path patching traces back from")
+    sc.add_argument(*flag("attribution_top"), type=int,
+                    help="estimate every head by attribution patching, then really patch only its top K "
+                         "(default: patch every head)")
+    sc.add_argument(*flag("retrieval_samples"), type=int, default=8,
                     help="NIAH samples for the retrieval-score baseline (0 skips it)")
-    sc.add_argument("--weights", help="behaviour weights for the fused ranking, e.g. retrieval=2,induction=1")
-    sc.add_argument("--max_tokens", "--max-tokens", type=int, default=16384, help="tokens per batched forward")
-    sc.add_argument("--out", required=True, help="the scores JSON file")
-    sc.add_argument("--plot", help="a PNG of layer x head heatmaps")
-    sc.add_argument("--quiet", action="store_true")
-    sc.set_defaults(func=_score)
+    sc.add_argument(*flag("weights"), help="behaviour weights for the fused ranking, e.g. retrieval=2,induction=1 "
+                                           "(default: equal)")
+    sc.add_argument(*flag("max_tokens"), type=int, default=16384, help="tokens per batched forward")
+    sc.add_argument(*flag("out"), required=True, help="the scores JSON file")
+    sc.add_argument(*flag("plot"), help="a PNG of layer x head heatmaps")
+    sc.add_argument(*flag("quiet"), action="store_true", help="no progress bar")
+    sc.set_defaults(func=_score, check=checks.check_score)
 
-    pl = sub.add_parser("plan", help="a head plan from scores (or a layer-wise / random baseline)")
-    pl.add_argument("--scores", help="a scores JSON file from `hydrahead score`")
-    pl.add_argument("--model", help="a model directory (for layerwise / random plans without scores)")
-    pl.add_argument("--strategy", default="interp", choices=["interp", "retrieval_score", "layerwise", "random"])
-    pl.add_argument("--ratio", help="GDN:FA units, e.g. 7:1 (default 7:1 unless --kv-budget is given)")
-    pl.add_argument("--granularity", default="query", choices=["query", "kv"])
-    pl.add_argument("--kv_budget", "--kv-budget", type=int, help="KV cache bytes per token for the whole model")
-    pl.add_argument("--dtype", default="bfloat16", help="KV dtype for the budget and the summary")
-    pl.add_argument("--per_layer", "--per-layer", action="store_true", help="the same number of FA units in every layer")
-    pl.add_argument("--weights", help="re-weight the behaviours of the fused ranking, e.g. retrieval=2")
-    pl.add_argument("--seed", type=int, default=0, help="for --strategy random")
-    pl.add_argument("--out", required=True, help="the plan JSON file")
-    pl.set_defaults(func=_plan)
+    pl = command(sub, "plan", "a head plan from scores (or a layer-wise / random baseline)")
+    pl.add_argument(*flag("scores"), help="a scores JSON file from `hydrahead score`")
+    pl.add_argument(*flag("model"), help="a model directory (for layerwise / random plans without scores)")
+    pl.add_argument(*flag("strategy"), default="interp", choices=["interp", "retrieval_score", "layerwise", "random"],
+                    help="fused causal scores, the retrieval-score baseline, whole layers, or random heads")
+    pl.add_argument(*flag("ratio"), help="GDN:FA units, e.g. 7:1 (default: 7:1 unless --kv_budget is given)")
+    pl.add_argument(*flag("granularity"), default="query", choices=["query", "kv"],
+                    help="units are query heads, or whole KV groups (which is what saves cache)")
+    pl.add_argument(*flag("kv_budget"), type=int, help="KV cache bytes per token for the whole model")
+    pl.add_argument(*flag("dtype"), default="bfloat16", help="KV dtype for the budget and the summary")
+    pl.add_argument(*flag("per_layer"), action="store_true", help="the same number of FA units in every layer")
+    pl.add_argument(*flag("weights"), help="re-weight the behaviours of the fused ranking, e.g. retrieval=2 "
+                                           "(default: the scores file's)")
+    pl.add_argument(*flag("seed"), type=int, default=0, help="for --strategy random")
+    pl.add_argument(*flag("out"), required=True, help="the plan JSON file")
+    pl.set_defaults(func=_plan, check=checks.check_plan)
 
-    ab = sub.add_parser("ablate", help="mean-ablate the top-k heads by score vs k random heads")
-    ab.add_argument("--model", required=True)
-    ab.add_argument("--scores", required=True)
-    ab.add_argument("--task", default="niah_single_1")
-    ab.add_argument("--length", type=int, default=512)
-    ab.add_argument("--limit", type=int, default=50)
-    ab.add_argument("--ks", default="1,2,4,8")
-    ab.add_argument("--random_seeds", "--random-seeds", type=int, default=3)
-    ab.add_argument("--seed", type=int, default=0)
-    ab.add_argument("--output_path", help="a folder; each run writes a new subfolder")
-    ab.add_argument("--quiet", action="store_true")
-    ab.set_defaults(func=_ablate)
+    ab = command(sub, "ablate", "mean-ablate the top-k heads by score vs k random heads")
+    ab.add_argument(*flag("model"), required=True, help="a local HF model directory (the model that was scored)")
+    ab.add_argument(*flag("scores"), required=True, help="a scores JSON file from `hydrahead score`")
+    ab.add_argument(*flag("task"), default="niah_single_1", help="the task whose score is measured")
+    ab.add_argument(*flag("length"), type=int, default=512, help="context length in tokens")
+    ab.add_argument(*flag("limit"), type=int, default=50, help="samples per point of the curve")
+    ab.add_argument(*flag("ks"), default="1,2,4,8", help="comma-separated numbers of heads to ablate")
+    ab.add_argument(*flag("random_seeds"), type=int, default=3, help="random head sets per k")
+    ab.add_argument(*flag("seed"), type=int, default=0, help="seed of the samples")
+    ab.add_argument(*flag("output_path"), help="a folder; each run writes a new subfolder with the curve and its plot")
+    ab.add_argument(*flag("quiet"), action="store_true", help="no progress bar")
+    ab.set_defaults(func=_ablate, check=checks.check_ablate)
 
-    ds = sub.add_parser("distill", help="one transfer stage (align | distill | long) of a hybrid; torchrun-ready")
-    ds.add_argument("--config", help="a YAML file of TransferConfig keys; the flags below override it")
-    ds.add_argument("--stage", choices=["align", "distill", "long"])
-    ds.add_argument("--teacher", help="the original model directory")
-    ds.add_argument("--plan", help="convert the teacher with this head plan to make the student")
-    ds.add_argument("--init", help="or start from this hybrid directory (the previous stage's output)")
-    ds.add_argument("--out", help="the run directory (checkpoints, log, the trained hybrid in OUT/model)")
-    ds.add_argument("--steps", type=int)
-    ds.add_argument("--seq_len", "--seq-len", type=int)
-    ds.add_argument("--batch_size", "--batch-size", type=int, help="sequences per optimizer step, all processes")
-    ds.add_argument("--micro_batch", "--micro-batch", type=int, help="sequences per forward in one process")
-    ds.add_argument("--lr", type=float)
-    ds.add_argument("--warmup", type=int)
-    ds.add_argument("--seed", type=int)
-    ds.add_argument("--checkpoint_every", "--checkpoint-every", type=int)
-    ds.add_argument("--max_minutes", "--max-minutes", type=float, help="stop with a checkpoint; rerun to resume")
-    ds.add_argument("--parallel", choices=["auto", "ddp", "fsdp"],
-                    help="under torchrun: a replica per process (ddp) or sharded (fsdp); auto: fsdp on GPUs, else ddp")
-    ds.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other config key, e.g. --set kl_weight=2")
-    ds.add_argument("--quiet", action="store_true")
-    ds.set_defaults(func=_distill)
+    def config_default(name: str) -> str:
+        return f"(default: the --config file's, else {getattr(TransferConfig, name)})"
 
-    pp = sub.add_parser("pipeline", help="score -> plan -> convert -> align -> distill -> long -> evaluate -> report")
-    pp.add_argument("--teacher", default="models/hydrahead-teacher-3m", help="the original model directory")
-    pp.add_argument("--out", default="runs/pipeline", help="the run directory (finished steps are reused)")
-    pp.add_argument("--results", default="results/pipeline", help="a folder; each run writes a new report folder")
-    pp.add_argument("--quick", action="store_true", help="a few minutes: fewer pairs, steps, lengths and samples")
-    pp.add_argument("--ratio")
-    pp.add_argument("--granularity", choices=["query", "kv"])
-    pp.add_argument("--align_steps", "--align-steps", type=int)
-    pp.add_argument("--distill_steps", "--distill-steps", type=int)
-    pp.add_argument("--long_steps", "--long-steps", type=int)
-    pp.add_argument("--limit", type=int, help="evaluation samples per task and length")
-    pp.add_argument("--seed", type=int)
-    pp.add_argument("--quiet", action="store_true")
-    pp.set_defaults(func=_pipeline)
+    ds = command(sub, "distill", "one transfer stage (align | distill | long) of a hybrid; torchrun-ready")
+    ds.add_argument(*flag("config"), help="a YAML file of TransferConfig keys; the flags below override it")
+    ds.add_argument(*flag("stage"), choices=["align", "distill", "long"], help=f"the stage {config_default('stage')}")
+    ds.add_argument(*flag("teacher"), help=f"the original model directory {config_default('teacher')}")
+    ds.add_argument(*flag("plan"), help="convert the teacher with this head plan to make the student")
+    ds.add_argument(*flag("init"), help="or start from this hybrid directory (the previous stage's output)")
+    ds.add_argument(*flag("out"), help="the run directory (checkpoints, log, the trained hybrid in OUT/model) "
+                                       f"{config_default('out')}")
+    ds.add_argument(*flag("steps"), type=int, help=f"optimizer steps {config_default('steps')}")
+    ds.add_argument(*flag("seq_len"), type=int, help=f"tokens per sequence {config_default('seq_len')}")
+    ds.add_argument(*flag("batch_size"), type=int,
+                    help=f"sequences per optimizer step, all processes {config_default('batch_size')}")
+    ds.add_argument(*flag("micro_batch"), type=int,
+                    help="sequences per forward in one process (default: the --config file's, else the largest "
+                         "divisor of each process's share of --batch_size up to 4)")
+    ds.add_argument(*flag("lr"), type=float, help=f"peak learning rate {config_default('lr')}")
+    ds.add_argument(*flag("warmup"), type=int, help=f"linear warmup steps {config_default('warmup')}")
+    ds.add_argument(*flag("seed"), type=int, help=f"seed of the data and the new weights {config_default('seed')}")
+    ds.add_argument(*flag("checkpoint_every"), type=int, help=f"steps between checkpoints {config_default('checkpoint_every')}")
+    ds.add_argument(*flag("max_minutes"), type=float, help="stop with a checkpoint after this long; rerun to resume "
+                                                            "(default: no limit)")
+    ds.add_argument(*flag("parallel"), choices=["auto", "ddp", "fsdp"],
+                    help="under torchrun: a replica per process (ddp) or sharded (fsdp); auto: fsdp on GPUs, else ddp "
+                         f"{config_default('parallel')}")
+    ds.add_argument(*flag("set"), action="append", metavar="KEY=VALUE",
+                    help="any other config key, e.g. --set kl_weight=2 (repeatable)")
+    ds.add_argument(*flag("quiet"), action="store_true", help="no progress bar")
+    ds.set_defaults(func=_distill, check=checks.check_distill)
 
-    teacher = sub.add_parser("teacher", help="the small teacher model").add_subparsers(dest="teacher_command", required=True)
-    tr = teacher.add_parser("train", help="train the teacher from scratch (resumes from OUT/training/checkpoint)")
-    tr.add_argument("--out", required=True)
-    tr.add_argument("--preset", default="teacher-3m", choices=["teacher-3m", "teacher-8l"],
+    def pipeline_default(name: str) -> str:
+        quick = f"; with --quick {QUICK[name]}" if name in QUICK else ""
+        return f"(default: {getattr(PipelineConfig, name)}{quick})"
+
+    pp = command(sub, "pipeline", "score -> plan -> convert -> align -> distill -> long -> evaluate -> report")
+    pp.add_argument(*flag("teacher"), default="models/hydrahead-teacher-3m", help="the original model directory")
+    pp.add_argument(*flag("out"), default="runs/pipeline", help="the run directory (finished steps are reused)")
+    pp.add_argument(*flag("results"), default="results/pipeline", help="a folder; each run writes a new report folder")
+    pp.add_argument(*flag("quick"), action="store_true", help="a few minutes: fewer pairs, steps, lengths and samples")
+    pp.add_argument(*flag("ratio"), help=f"GDN:FA query heads {pipeline_default('ratio')}")
+    pp.add_argument(*flag("granularity"), choices=["query", "kv"],
+                    help=f"plan units: query heads or KV groups {pipeline_default('granularity')}")
+    pp.add_argument(*flag("align_steps"), type=int, help=f"stage 1 steps {pipeline_default('align_steps')}")
+    pp.add_argument(*flag("distill_steps"), type=int, help=f"stage 2 steps {pipeline_default('distill_steps')}")
+    pp.add_argument(*flag("long_steps"), type=int, help=f"stage 3 steps {pipeline_default('long_steps')}")
+    pp.add_argument(*flag("limit"), type=int,
+                    help=f"evaluation samples per task and length {pipeline_default('limit')}")
+    pp.add_argument(*flag("seed"), type=int, help=f"seed of the training data and evaluation {pipeline_default('seed')}")
+    pp.add_argument(*flag("quiet"), action="store_true", help="no progress bars")
+    pp.set_defaults(func=_pipeline, check=checks.check_pipeline)
+
+    def preset_default(name: str) -> str:
+        return f"(default: the preset's; teacher-3m: {getattr(TeacherConfig, name)})"
+
+    teacher = command(sub, "teacher", "the small teacher model").add_subparsers(dest="teacher_command", required=True)
+    tr = command(teacher, "train", "train the teacher from scratch (resumes from OUT/training/checkpoint)")
+    tr.add_argument(*flag("out"), required=True, help="the output directory (the HF model; its checkpoint in OUT/training)")
+    tr.add_argument(*flag("preset"), default="teacher-3m", choices=sorted(PRESETS),
                     help="a named configuration (flags below override it): the shipped 4-layer teacher or an 8-layer one")
-    tr.add_argument("--steps", type=int)
-    tr.add_argument("--tokens_per_batch", type=int)
-    tr.add_argument("--lr", type=float)
-    tr.add_argument("--seed", type=int)
-    tr.add_argument("--hidden_size", type=int)
-    tr.add_argument("--num_layers", type=int)
-    tr.add_argument("--native_length", type=int)
-    tr.add_argument("--eval_every", type=int)
-    tr.add_argument("--checkpoint_every", type=int)
-    tr.add_argument("--max_minutes", type=float, help="stop (with a checkpoint) after this long; run again to resume")
-    tr.add_argument("--quiet", action="store_true")
-    tr.set_defaults(func=_teacher_train)
+    tr.add_argument(*flag("steps"), type=int, help=f"optimizer steps {preset_default('steps')}")
+    tr.add_argument(*flag("tokens_per_batch"), type=int, help=f"tokens per step {preset_default('tokens_per_batch')}")
+    tr.add_argument(*flag("lr"), type=float, help=f"peak learning rate {preset_default('lr')}")
+    tr.add_argument(*flag("seed"), type=int, help=f"seed of the data and the weights {preset_default('seed')}")
+    tr.add_argument(*flag("hidden_size"), type=int, help=f"model width {preset_default('hidden_size')}")
+    tr.add_argument(*flag("num_layers"), type=int, help=f"decoder layers {preset_default('num_layers')}")
+    tr.add_argument(*flag("native_length"), type=int,
+                    help=f"context length trained at (max_position_embeddings) {preset_default('native_length')}")
+    tr.add_argument(*flag("eval_every"), type=int, help=f"steps between task evaluations {preset_default('eval_every')}")
+    tr.add_argument(*flag("eval_samples"), type=int,
+                    help=f"samples per task of each evaluation, 0 for none {preset_default('eval_samples')}")
+    tr.add_argument(*flag("no_eval"), action="store_true",
+                    help="skip the periodic and the closing task evaluation (the same as --eval_samples 0)")
+    tr.add_argument(*flag("checkpoint_every"), type=int,
+                    help=f"steps between checkpoints {preset_default('checkpoint_every')}")
+    tr.add_argument(*flag("max_minutes"), type=float,
+                    help="stop (with a checkpoint) after this long; run again to resume (default: no limit)")
+    tr.add_argument(*flag("quiet"), action="store_true", help="no progress bar")
+    tr.set_defaults(func=_teacher_train, check=checks.check_teacher_train)
 
-    tasks = sub.add_parser("tasks", help="list or generate tasks").add_subparsers(dest="tasks_command", required=True)
-    tasks.add_parser("list", help="the registered tasks").set_defaults(func=_tasks_list)
-    gen = tasks.add_parser("generate", help="write a RULER-format JSONL file")
-    gen.add_argument("--tokenizer", required=True, help="a local tokenizer or model directory")
-    gen.add_argument("--task", required=True)
-    gen.add_argument("--length", type=int, required=True)
-    gen.add_argument("--num_samples", type=int, default=50)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--depth", type=float)
-    gen.add_argument("--out", required=True)
-    gen.set_defaults(func=_tasks_generate)
+    tasks = command(sub, "tasks", "list or generate tasks").add_subparsers(dest="tasks_command", required=True)
+    command(tasks, "list", "the registered tasks").set_defaults(func=_tasks_list)
+    gen = command(tasks, "generate", "write a RULER-format JSONL file")
+    gen.add_argument(*flag("tokenizer"), required=True, help="a local tokenizer or model directory")
+    gen.add_argument(*flag("task"), required=True, help="a task name (see `hydrahead tasks list`)")
+    gen.add_argument(*flag("length"), type=int, required=True, help="tokens per sample, prompt and answer")
+    gen.add_argument(*flag("num_samples"), type=int, default=50, help="samples to write")
+    gen.add_argument(*flag("seed"), type=int, default=0, help="seed of the samples")
+    gen.add_argument(*flag("depth"), type=float, help="needle depth in %% for NIAH tasks and passkey (default: random)")
+    gen.add_argument(*flag("out"), required=True, help="the JSONL file to write")
+    gen.set_defaults(func=_tasks_generate, check=checks.check_tasks_generate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        if getattr(args, "check", None):
+            args.check(args)  # before torch and transformers are imported: a typo is reported at once
+        from .quiet import third_party_quiet
+
+        with third_party_quiet():
+            return args.func(args)
     except HydraheadError as e:
         print(f"hydrahead: error: {e}", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ from .errors import HydraheadError
 from .generation import greedy_generate
 from .selfcheck import check_cached_decoding
 from .tasks import Sample, generate, parse_tasks
-from .tasks.base import TASKS
+from .tasks.base import TASKS, parse_lengths
 from .tasks.scoring import METRICS, postprocess_pred
 
 DEFAULT_DEPTHS = (0.0, 25.0, 50.0, 75.0, 100.0)
@@ -53,18 +53,6 @@ class EvalResult:
             "prefill_tokens_per_s": keys_to_str(self.prefill_tokens_per_s),
             "config": self.config,
         }
-
-
-def parse_lengths(lengths) -> list[int]:
-    if isinstance(lengths, str):
-        lengths = [x for x in lengths.split(",") if x.strip()]
-    try:
-        out = [int(x) for x in lengths]
-    except ValueError:
-        raise HydraheadError(f"lengths must be integers, got {lengths!r}") from None
-    if not out or any(n <= 0 for n in out):
-        raise HydraheadError(f"lengths must be positive integers, got {lengths!r}")
-    return out
 
 
 def build_samples(tokenizer, tasks, lengths, limit: int, seed: int, depths=None) -> list[Sample]:

@@ -18,6 +18,14 @@ def test_pipeline_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert (folder / "accuracy_vs_length.png").stat().st_size > 10_000
     metrics = json.loads((folder / "metrics.json").read_text())
     assert set(metrics) == {"original", "hybrid 7:1"}
+    # the report explains itself: plan, losses, samples per cell, predictions, versions, time, doubts
+    for part in ("## The plan", "FA heads [", "## Training", "| long | 1 | 1024 |", "2 samples per task and length",
+                 "## Sample predictions", "Software: hydrahead ", "Wall time: "):
+        assert part in report, part
+    assert (folder / "losses.png").stat().st_size > 10_000
+    assert len((folder / "samples.jsonl").read_text().splitlines()) == 2 * 2 * 2  # models x lengths x samples
+    hybrid_cells = [v for per in metrics["hybrid 7:1"]["results"].values() for v in per.values()]
+    assert ("> **Warning.** **hybrid 7:1 scores below 5" in report) == (max(hybrid_cells) < 5)
     for stage in ("align", "distill", "long"):
         assert (tmp_path / "run" / stage / "model" / "config.json").exists()
     capsys.readouterr()

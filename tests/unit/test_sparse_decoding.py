@@ -268,9 +268,9 @@ def test_cli_generate_and_eval_with_sparse_decoding(tiny_model_dir, tmp_path, ca
     assert main(args + ["--sparse-decode", "--budget", "2"]) == 2
     assert "cannot hold the 4 sink and 32 recent" in capsys.readouterr().err
     assert main(args + ["--budget", "100"]) == 2
-    assert "--budget only applies with --sparse-decode" in capsys.readouterr().err
+    assert "--budget only applies with --sparse_decode" in capsys.readouterr().err
     assert main(args + ["--sparse-decode", "--kv-format", "int4"]) == 2
-    assert "does not combine with --kv-format" in capsys.readouterr().err
+    assert "does not combine with --kv_format" in capsys.readouterr().err
     wrong = role_plan(ModelShape(3, 4, 2, 8), [[R, R], [S, R], [S, S]])
     wrong.save(tmp_path / "wrong.json")
     assert main(args + ["--sparse-decode", "--budget", "40", "--roles", str(tmp_path / "wrong.json")]) == 2

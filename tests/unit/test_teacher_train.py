@@ -49,6 +49,26 @@ def test_train_exports_an_hf_directory_and_resume_is_exact(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
 
 
+def test_eval_samples_zero_skips_every_evaluation(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(train_mod, "quick_eval", lambda *a, **k: calls.append(1) or {"vt": 100.0})
+    train(tmp_path / "evaluated", TeacherConfig(**{**TINY, "steps": 2}), progress=False)
+    assert calls == [1]  # the closing evaluation (eval_every is beyond the run)
+    out = train(tmp_path / "skipped", TeacherConfig(**{**TINY, "steps": 2, "eval_every": 1, "eval_samples": 0}),
+                progress=False)
+    assert calls == [1] and (out / "training_curve.png").is_file()
+    assert not any("eval" in json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines())
+
+
+def test_cli_no_eval_sets_eval_samples_zero_and_keeps_the_preset(tmp_path, monkeypatch):
+    from hydrahead.cli import main
+
+    seen = {}
+    monkeypatch.setattr(train_mod, "train", lambda out, cfg, **kw: seen.setdefault("cfg", cfg) and None)
+    assert main(["teacher", "train", "--out", str(tmp_path), "--preset", "teacher-8l", "--steps", "2", "--no-eval"]) == 0
+    assert (seen["cfg"].eval_samples, seen["cfg"].steps, seen["cfg"].num_layers) == (0, 2, 8)
+
+
 def test_corrupt_checkpoint_is_named(tmp_path):
     cfg = TeacherConfig(**{**TINY, "steps": 2})
     train(tmp_path, cfg, max_minutes=0, progress=False)

@@ -154,6 +154,21 @@ def test_config_from_yaml_with_overrides_and_clear_errors(tiny, tmp_path):
     assert main(["distill", "--config", str(path), "--set", "kl_weigth=2", "--out", str(tmp_path / "x")]) == 2
 
 
+def test_micro_batch_adapts_to_the_batch_size_and_a_conflict_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "run.yaml"
+    path.write_text("stage: align\nteacher: t\nplan: p.json\n")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    # not given: the largest divisor of batch_size up to 4 (batch_size 2 used to fail against a fixed 4)
+    assert [load_config(path, {"batch_size": b}).micro_batch for b in (2, 6, 7, 8, 12)] == [2, 3, 1, 4, 4]
+    assert load_config(path, {"batch_size": 6, "micro_batch": 2}).micro_batch == 2  # given: kept
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun each process takes half of the batch
+    assert load_config(path, {"batch_size": 4}).micro_batch == 2
+    monkeypatch.delenv("WORLD_SIZE")
+    with pytest.raises(TransferError, match=r"batch_size 6 is not a multiple of micro_batch 4: give a micro_batch "
+                                            r"that divides it \(3, 2, 1, ...\), or leave micro_batch out"):
+        load_config(path, {"batch_size": 6, "micro_batch": 4})
+
+
 @pytest.mark.parametrize(("stage", "parallel"), [("align", "ddp"), ("align", "fsdp"), ("distill", "fsdp")])
 def test_two_processes_with_torchrun_equal_one_process(tiny, tmp_path, stage, parallel):
     """DDP and FSDP (sharded, gloo on CPU) with the same global batch train the same weights as one process;

@@ -1,4 +1,4 @@
-"""The command-line side of sparse decoding: the `--sparse-decode` options of `eval` / `generate`, and
+"""The command-line side of sparse decoding: the `--sparse_decode` options of `eval` / `generate`, and
 `hydrahead roles` (decode roles learned with gates, or from scores, at random, or by the uniform rule)."""
 
 from __future__ import annotations
@@ -12,29 +12,32 @@ ROLE_METHODS = ("hardkuma", "l1", "scores", "random", "uniform")
 
 
 def add_sparse_args(parser) -> None:
+    from ..cli_help import flag
+
     group = parser.add_argument_group("sparse decoding (LycheeDecode)")
-    group.add_argument("--sparse-decode", "--sparse_decode", dest="sparse_decode", action="store_true",
+    group.add_argument(*flag("sparse_decode"), action="store_true",
                        help="decode with retrieval heads selecting tokens and sparse heads reusing them")
-    group.add_argument("--budget", help="tokens per sparse head and step: a count (4096, the default) or a share of "
-                                        "the context (0.1)")
-    group.add_argument("--roles", help="a plan JSON with decode roles (`hydrahead roles`); default: layer 0 and the "
-                                       "middle layer retrieval")
-    group.add_argument("--selection", choices=["token", "block"], default="token", help="top-k tokens or blocks of 64")
-    group.add_argument("--sink", type=int, default=4, help="first tokens every selection keeps")
-    group.add_argument("--recent", type=int, default=32, help="last tokens every selection keeps")
-    group.add_argument("--dense_every", "--dense-every", type=int, help="a dense correction step every N tokens")
+    group.add_argument(*flag("budget"), help="tokens per sparse head and step: a count or a share of the context "
+                                             "(0.1) (default: 4096)")
+    group.add_argument(*flag("roles"), help="a plan JSON with decode roles (`hydrahead roles`) (default: layer 0 and "
+                                            "the middle layer retrieval)")
+    group.add_argument(*flag("selection"), choices=["token", "block"], default="token",
+                       help="top-k tokens or blocks of 64")
+    group.add_argument(*flag("sink"), type=int, default=4, help="first tokens every selection keeps")
+    group.add_argument(*flag("recent"), type=int, default=32, help="last tokens every selection keeps")
+    group.add_argument(*flag("dense_every"), type=int, help="a dense correction step every N tokens (default: never)")
 
 
 def sparse_config(args) -> SparseConfig | None:
-    """The checked settings (before any model is loaded), or None without --sparse-decode."""
+    """The checked settings (before any model is loaded), or None without --sparse_decode."""
     if not args.sparse_decode:
         used = [flag for flag, value in (("--budget", args.budget), ("--roles", args.roles), ("--dense_every", args.dense_every))
                 if value is not None]
         if used:
-            raise DecodingError(f"{used[0]} only applies with --sparse-decode")
+            raise DecodingError(f"{used[0]} only applies with --sparse_decode")
         return None
     if getattr(args, "kv_format", None):
-        raise DecodingError("--sparse-decode does not combine with --kv-format yet: it gathers from a plain KV cache")
+        raise DecodingError("--sparse_decode does not combine with --kv_format yet: it gathers from a plain KV cache")
     config = SparseConfig(args.budget if args.budget is not None else 4096, args.selection, sink=args.sink,
                           recent=args.recent, dense_every=args.dense_every)
     if args.roles is not None:
@@ -46,7 +49,7 @@ def sparse_config(args) -> SparseConfig | None:
 
 
 def sparse_context(model, args, config: SparseConfig | None):
-    """A `sparse_decoding` block for the model, or a no-op without --sparse-decode."""
+    """A `sparse_decoding` block for the model, or a no-op without --sparse_decode."""
     if config is None:
         return contextlib.nullcontext(None)
     from .sparse import sparse_decoding
@@ -61,20 +64,25 @@ def describe(config: SparseConfig, args, state) -> str:
 
 
 def add_roles_parser(sub) -> None:
-    ro = sub.add_parser("roles", help="decode roles (retrieval / sparse per KV head) for sparse decoding, as a plan")
-    ro.add_argument("--model", required=True, help="a local HF model directory (the original model for learned roles)")
-    ro.add_argument("--target", type=float, default=0.1, help="share of the KV heads of layers 1.. that are retrieval")
-    ro.add_argument("--out", required=True, help="the plan JSON file")
-    ro.add_argument("--method", default="hardkuma", choices=ROLE_METHODS)
-    ro.add_argument("--scores", help="a scores JSON from `hydrahead score` (for --method scores)")
-    ro.add_argument("--steps", type=int, default=150, help="gate training steps")
-    ro.add_argument("--budget", default="0.125", help="the decode budget the gates learn for (count or share)")
-    ro.add_argument("--samples", type=int, default=48, help="offline passkey / NIAH training samples")
-    ro.add_argument("--threshold", action="store_true",
+    from ..cli_checks import check_roles
+    from ..cli_help import command, flag
+
+    ro = command(sub, "roles", "decode roles (retrieval / sparse per KV head) for sparse decoding, as a plan")
+    ro.add_argument(*flag("model"), required=True,
+                    help="a local HF model directory (the original model for learned roles)")
+    ro.add_argument(*flag("target"), type=float, default=0.1, help="share of the KV heads of layers 1.. that are retrieval")
+    ro.add_argument(*flag("out"), required=True, help="the plan JSON file")
+    ro.add_argument(*flag("method"), default="hardkuma", choices=ROLE_METHODS,
+                    help="learned gates (HardKuma, or L1 as DuoAttention), from head scores, random, or the uniform rule")
+    ro.add_argument(*flag("scores"), help="a scores JSON from `hydrahead score` (for --method scores)")
+    ro.add_argument(*flag("steps"), type=int, default=150, help="gate training steps")
+    ro.add_argument(*flag("budget"), default="0.125", help="the decode budget the gates learn for (count or share)")
+    ro.add_argument(*flag("samples"), type=int, default=48, help="offline passkey / NIAH training samples")
+    ro.add_argument(*flag("threshold"), action="store_true",
                     help="retrieval where the learned gate exceeds 0.5 instead of the top heads meeting --target")
-    ro.add_argument("--seed", type=int, default=0, help="for --method random (training data uses seed 1234)")
-    ro.add_argument("--quiet", action="store_true")
-    ro.set_defaults(func=run_roles)
+    ro.add_argument(*flag("seed"), type=int, default=0, help="for --method random (training data uses seed 1234)")
+    ro.add_argument(*flag("quiet"), action="store_true", help="no progress bar")
+    ro.set_defaults(func=run_roles, check=check_roles)
 
 
 def run_roles(args) -> int:
@@ -82,13 +90,7 @@ def run_roles(args) -> int:
     from ..plan import HeadPlan, ModelShape
     from . import roles as R
 
-    if not 0 <= args.target <= 1:
-        raise DecodingError(f"--target must be a share in [0, 1], got {args.target}")
-    if args.method == "scores" and not args.scores:
-        raise DecodingError("--method scores needs --scores FILE (from `hydrahead score`)")
-    if args.steps < 1:
-        raise DecodingError(f"--steps must be positive, got {args.steps}")
-    budget = SparseConfig(args.budget).budget  # a bad budget fails before the model loads
+    budget = SparseConfig(args.budget).budget  # checked with the other arguments by cli_checks.check_roles
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model)
     shape = ModelShape.of(model.config)

@@ -90,6 +90,19 @@ def parse_tasks(spec: str | list[str]) -> list[Task]:
     return [get_task(n) for n in names]
 
 
+def parse_lengths(lengths) -> list[int]:
+    """Context lengths in tokens, from "512,1024" or a list; torch-free, so the CLI checks them at once."""
+    if isinstance(lengths, str):
+        lengths = [x for x in lengths.split(",") if x.strip()]
+    try:
+        out = [int(x) for x in lengths]
+    except ValueError:
+        raise HydraheadError(f"lengths must be integers, got {lengths!r}") from None
+    if not out or any(n <= 0 for n in out):
+        raise HydraheadError(f"lengths must be positive integers, got {lengths!r}")
+    return out
+
+
 def count_tokens(tokenizer, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -98,24 +111,40 @@ def prompt_tokens(tokenizer, example: Example) -> int:
     return count_tokens(tokenizer, example.input + example.answer_prefix)
 
 
+def _tokens(task: Task, tokenizer, size: int, seed: int, depth: float | None, words: str) -> int:
+    """The prompt tokens of the sample `fit_size` builds for a haystack of `size` units."""
+    return prompt_tokens(tokenizer, task.build(random.Random(f"fit-{task.name}-{seed}-{size}"), size, depth, words))
+
+
+def _fits(task: Task, tokenizer, length: int, size: int, seed: int, depth: float | None, words: str) -> bool:
+    return _tokens(task, tokenizer, size, seed, depth, words) <= length - task.tokens_to_generate
+
+
+def check_fits(task: Task, tokenizer, length: int, seed: int = 0, depth: float | None = None, words: str = "all") -> None:
+    """TaskError when even the smallest haystack does not fit `length` tokens (one tokenization: the
+    command line runs it before anything heavy is loaded)."""
+    if not _fits(task, tokenizer, length, task.min_size, seed, depth, words):
+        example = task.build(random.Random(0), task.min_size, depth, words)
+        needed = prompt_tokens(tokenizer, example) + task.tokens_to_generate
+        raise TaskError(
+            f"length {length} is too short for task {task.name!r}: its template with the smallest haystack "
+            f"needs about {needed} tokens (including {task.tokens_to_generate} to generate)"
+        )
+
+
 def fit_size(task: Task, tokenizer, length: int, seed: int = 0, depth: float | None = None, words: str = "all") -> int:
     """Largest haystack size whose prompt plus `tokens_to_generate` fits in `length` tokens."""
     budget = length - task.tokens_to_generate
 
     @functools.lru_cache(maxsize=None)
     def tokens(size: int) -> int:
-        return prompt_tokens(tokenizer, task.build(random.Random(f"fit-{task.name}-{seed}-{size}"), size, depth, words))
+        return _tokens(task, tokenizer, size, seed, depth, words)
 
     def fits(size: int) -> bool:
         return tokens(size) <= budget
 
+    check_fits(task, tokenizer, length, seed, depth, words)
     lo = task.min_size
-    if not fits(lo):
-        needed = prompt_tokens(tokenizer, task.build(random.Random(0), lo, depth, words)) + task.tokens_to_generate
-        raise TaskError(
-            f"length {length} is too short for task {task.name!r}: its template with the smallest haystack "
-            f"needs about {needed} tokens (including {task.tokens_to_generate} to generate)"
-        )
     hi = lo
     while fits(hi * 2):  # grow geometrically, then bisect
         # every haystack unit is at least a token: a haystack that stops growing in tokens, or holds far more

@@ -7,13 +7,18 @@ the lower half of the vocabulary and values from the upper half, so recall canno
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported when a batch is made, not with the task registry (the CLI's checks)
+    import torch
 
 
 def mqar_batch(
     num_examples: int, seq_len: int, num_pairs: int, vocab_size: int, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns input_ids [N, T] and labels [N, T] (-100 where nothing is asked)."""
+    import torch
+
     if vocab_size < 4 * num_pairs:
         raise ValueError(f"vocab_size {vocab_size} is too small for {num_pairs} distinct keys and values")
     if seq_len < 4 * num_pairs:

@@ -1,11 +1,23 @@
 """HydraHead's three-stage transfer (align, distill, long context) and its one training loop."""
 
-from .config import STAGES, TransferConfig, TransferError, load_config
-from .data import packed_batch
-from .loop import train_stage
-from .stages import Align, Distill, LongContext, make_stage
+# imported on first use, so that the command line checks a transfer config without loading torch
+_LAZY = {
+    "STAGES": "config",
+    "TransferConfig": "config",
+    "TransferError": "config",
+    "load_config": "config",
+    "packed_batch": "data",
+    "train_stage": "loop",
+    "Align": "stages",
+    "Distill": "stages",
+    "LongContext": "stages",
+    "make_stage": "stages",
+}
 
-__all__ = [
-    "STAGES", "Align", "Distill", "LongContext", "TransferConfig", "TransferError", "load_config", "make_stage",
-    "packed_batch", "train_stage",
-]
+
+from .._lazy import lazy_getattr
+
+__getattr__ = lazy_getattr(__name__, _LAZY)
+
+
+__all__ = sorted(_LAZY)

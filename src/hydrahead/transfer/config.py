@@ -10,6 +10,7 @@ from ..errors import HydraheadError
 
 STAGES = ("align", "distill", "long")
 PARALLEL = ("auto", "ddp", "fsdp")
+MICRO_BATCH = 4  # sequences per forward when micro_batch is not given (or the largest divisor below it)
 
 
 class TransferError(HydraheadError):
@@ -26,7 +27,8 @@ class TransferConfig:
     steps: int = 100
     seq_len: int = 512
     batch_size: int = 8  # sequences per optimizer step, over all processes
-    micro_batch: int = 4  # sequences per forward in one process; the rest is gradient accumulation
+    micro_batch: int | None = None  # sequences per forward in one process (the rest is gradient accumulation);
+    # None: the largest divisor of each process's share of batch_size up to MICRO_BATCH
     lr: float = 1e-3
     warmup: int = 10
     min_lr_ratio: float = 0.1
@@ -42,6 +44,10 @@ class TransferConfig:
     max_minutes: float | None = None  # stop with a checkpoint after this long; run again to resume
     parallel: str = "auto"  # under torchrun: ddp (a replica per process) | fsdp (sharded) | auto (fsdp on GPUs)
 
+    def __post_init__(self):
+        if self.micro_batch is None:
+            self.micro_batch = auto_micro_batch(self.batch_size)
+
     def check(self) -> None:
         if self.parallel not in PARALLEL:
             raise TransferError(f"parallel must be one of {', '.join(PARALLEL)}, not {self.parallel!r}")
@@ -51,7 +57,10 @@ class TransferConfig:
             if getattr(self, name) < 1:
                 raise TransferError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.batch_size % self.micro_batch:
-            raise TransferError(f"batch_size {self.batch_size} is not a multiple of micro_batch {self.micro_batch}")
+            divisors = [d for d in range(self.micro_batch, 0, -1) if self.batch_size % d == 0]
+            raise TransferError(
+                f"batch_size {self.batch_size} is not a multiple of micro_batch {self.micro_batch}: give a micro_batch "
+                f"that divides it ({', '.join(map(str, divisors[:3]))}, ...), or leave micro_batch out to have it chosen")
         if self.lr <= 0 or self.temperature <= 0:
             raise TransferError("lr and temperature must be positive")
         if self.stage != "long" and (self.plan is None) == (self.init is None):
@@ -61,6 +70,16 @@ class TransferConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def auto_micro_batch(batch_size: int, limit: int = MICRO_BATCH) -> int:
+    """The largest micro-batch up to `limit` that divides each process's share of `batch_size` (under
+    torchrun WORLD_SIZE processes share it), so that any batch size works without a micro_batch of its own."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    share = batch_size // world if world > 1 and batch_size % world == 0 else batch_size
+    if not isinstance(share, int) or share < 1:
+        return 1  # check() reports the bad batch_size itself
+    return max(d for d in range(1, min(limit, share) + 1) if share % d == 0)
 
 
 def _coerce(name: str, value, kind):

@@ -37,9 +37,12 @@ class PipelineConfig:
     @classmethod
     def quick(cls, **kw) -> PipelineConfig:
         """A few minutes end to end: fewer pairs, steps, lengths and samples."""
-        settings = {"behaviours": ["retrieval"], "num_pairs": 4, "align_steps": 20, "distill_steps": 30,
-                    "long_steps": 10, "factors": (1, 2, 4), "limit": 5}
-        return cls(**{**settings, **kw})
+        return cls(**{**QUICK, **kw})
+
+
+# what `hydrahead pipeline --quick` changes
+QUICK = {"behaviours": ["retrieval"], "num_pairs": 4, "align_steps": 20, "distill_steps": 30, "long_steps": 10,
+         "factors": (1, 2, 4), "limit": 5}
 
 
 def _log(message: str) -> None:
@@ -51,6 +54,7 @@ def run_pipeline(cfg: PipelineConfig, results: str | Path = "results/pipeline", 
     from ..models import load_causal_lm, load_model
     from ..plots import plot_head_scores
     from ..selection import ScoreConfig, Scores, make_plan, score_heads
+    started = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -85,9 +89,15 @@ def run_pipeline(cfg: PipelineConfig, results: str | Path = "results/pipeline", 
 
     folder = new_results_dir(results, "pipeline")
     folder.mkdir(parents=True)
-    plot_head_scores(scores, folder / "head_scores.png")
+    plot_head_scores(scores, folder / "head_scores.png", plan)
     _plot_models(evals, folder / "accuracy_vs_length.png", native)
-    report = _report(cfg, plan, evals, timings, native)
+    stages = stage_summaries(out)
+    _plot_stages(stages, folder / "losses.png")
+    with (folder / "samples.jsonl").open("w") as f:  # every prediction, for what the report only samples
+        for name, result in evals.items():
+            for record in result.records:
+                f.write(json.dumps({"model": name, **record}, ensure_ascii=False) + "\n")
+    report = _report(cfg, plan, evals, timings, native, stages, time.perf_counter() - started)
     (folder / "report.md").write_text(report)
     (folder / "metrics.json").write_text(json.dumps({k: v.to_json() for k, v in evals.items()}, indent=1))
     print(report)
@@ -133,14 +143,139 @@ def _plot_models(evals: dict, path: Path, native: int) -> Path:
     return _save(fig, path)
 
 
-def _report(cfg: PipelineConfig, plan, evals: dict, timings: dict, native: int) -> str:
+STAGES = ("align", "distill", "long")
+
+
+def stage_summaries(out: Path) -> dict[str, dict]:
+    """Per trained stage in `out`: its logged rows, steps, sequence length and first / final loss."""
+    from ..plots import read_log
+
+    stages = {}
+    for stage in STAGES:
+        log = out / stage / "training" / "log.jsonl"
+        rows = read_log(log) if log.is_file() else []
+        if not rows:
+            continue
+        config = json.loads((out / stage / "training" / "config.json").read_text())
+        stages[stage] = {"rows": rows, "steps": rows[-1]["step"], "seq_len": config.get("seq_len"),
+                         "first_loss": rows[0]["loss"], "final_loss": rows[-1]["loss"]}
+    return stages
+
+
+def _plot_stages(stages: dict[str, dict], path: Path) -> Path | None:
+    """The loss curves of the three stages side by side (each its own loss, so each its own y axis)."""
+    from ..plots import _pyplot, _save, stage_losses
+
+    if not stages:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(stages), figsize=(4.2 * len(stages), 3.4), squeeze=False)
+    for ax, (stage, info) in zip(axes[0], stages.items()):
+        stage_losses(ax, info["rows"], stage, f"stage {stage}: {info['steps']} steps at {info['seq_len']} tokens")
+    return _save(fig, path)
+
+
+def _mean_at(result, length: int) -> float | None:
+    values = [per[length] for per in result.scores.values() if length in per]
+    return sum(values) / len(values) if values else None
+
+
+def doubts(evals: dict, native: int, reference: str = "original") -> list[str]:
+    """What in the scores should not be believed as it stands: a model below 5 in every cell (a broken
+    model, not a weak one), or a model far below the reference at the native length, where the
+    reference is at home and the transfer should have recovered it."""
+    out = []
+    base = _mean_at(evals[reference], native) if reference in evals else None
+    for name, result in evals.items():
+        cells = [v for per in result.scores.values() for v in per.values()]
+        if cells and max(cells) < 5:
+            known = f" (the {reference} scores {base:.1f} there)" if base is not None and name != reference else ""
+            out.append(f"**{name} scores below 5 in every cell (at most {max(cells):.1f}).** A working model scores far "
+                       f"higher at least at its native length of {native} tokens{known}. Scores this low point at a "
+                       "fault (in the conversion, the cache or the decoding) rather than a weak model: check its "
+                       "answers in samples.jsonl and with `hydrahead generate` before reading anything into them.")
+            continue
+        own = _mean_at(result, native)
+        if name != reference and base is not None and own is not None and own < base / 2 and base - own >= 20:
+            out.append(f"**{name} scores {own:.1f} at the native length ({native} tokens), far below the {reference}'s "
+                       f"{base:.1f}.** The transfer has not recovered what the conversion lost; train longer "
+                       "(--align_steps, --distill_steps) before comparing the models at longer lengths.")
+    return out
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+def _cell(text, width: int = 60) -> str:
+    """Text fit for a markdown table cell: one line, pipes escaped, long text cut."""
+    text = " ".join(str(text).split())
+    text = text if len(text) <= width else text[: width - 1] + "…"
+    return text.replace("|", "\\|") or "(empty)"
+
+
+def _samples_per_cell(evals: dict) -> str:
+    from collections import Counter
+
+    counts = Counter((name, r["task"], r["length"]) for name, result in evals.items() for r in result.records)
+    low, high = min(counts.values(), default=0), max(counts.values(), default=0)
+    each = f"{low}" if low == high else f"{low}-{high}"
+    return f"{each} samples per task and length" + (f" (one sample is {100 / low:g} points)" if low else "")
+
+
+def _predictions(evals: dict, native: int, per_cell: int = 2) -> list[str]:
+    """A few predictions per task next to their references: the first samples at the native length and
+    at the longest length, for every model."""
+    lines = []
+    tasks = list(dict.fromkeys(r["task"] for result in evals.values() for r in result.records))
+    for task in tasks:
+        lines += [f"### {task}", "", "| model | length | references | prediction | score |", "|---|---:|---|---|---:|"]
+        lengths = sorted({r["length"] for result in evals.values() for r in result.records if r["task"] == task})
+        for length in sorted({min(lengths, key=lambda n: abs(n - native)), lengths[-1]}):
+            for name, result in evals.items():
+                rows = [r for r in result.records if r["task"] == task and r["length"] == length][:per_cell]
+                lines += [f"| {name} | {length} | {_cell(', '.join(r['references']))} | {_cell(r['prediction'])} | "
+                          f"{100 * r['score']:.0f} |" for r in rows]
+        lines.append("")
+    return lines
+
+
+def _report(cfg: PipelineConfig, plan, evals: dict, timings: dict, native: int, stages: dict | None = None,
+            wall_s: float | None = None) -> str:
+    from ..versions import versions_line
+
+    stages = stages or {}
+    lengths = sorted({n for result in evals.values() for per in result.scores.values() for n in per})
+    reused = [step for step in ("score heads", *(f"stage {s}" for s in STAGES)) if step not in timings]
     setup = (f"Plan: {plan.summary().splitlines()[1].strip()}; KV {plan.kv_bytes_per_token()} B/token "
              f"(original {plan.full_kv_bytes_per_token()}). Stages: align {cfg.align_steps}, distill "
              f"{cfg.distill_steps}, long {cfg.long_steps} steps at {cfg.long_factor}x native ({native}) length, "
              f"{cfg.batch_size} sequences per step.")
-    lines = [f"# HydraHead pipeline on {cfg.teacher}", "", setup, ""]
+    lines = [f"# HydraHead pipeline on {cfg.teacher}", ""]
+    lines += [f"> **Warning.** {text}\n" for text in doubts(evals, native)]
+    lines += [setup, "",
+              f"Evaluation: {cfg.tasks.replace(',', ', ')} at {', '.join(map(str, lengths))} tokens; "
+              f"{_samples_per_cell(evals)}; greedy decoding, seed {cfg.seed}.", "",
+              f"Software: {versions_line()}.", ""]
+    if wall_s is not None:
+        lines += [f"Wall time: {_duration(wall_s)}" + (f" (reused from {cfg.out}: {', '.join(reused)})" if reused else "")
+                  + ".", ""]
+    lines += ["## The plan", "", "```", plan.summary(), "```", "",
+              "![head scores; the heads kept as full attention are boxed](head_scores.png)", ""]
+    if stages:
+        lines += ["## Training", "", "| stage | steps | sequence length | first loss | final loss |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {s} | {i['steps']} | {i['seq_len']} | {i['first_loss']:.4f} | {i['final_loss']:.4f} |"
+                  for s, i in stages.items()]
+        lines += ["", "Align's loss is the relative MSE of the attention outputs, distill's KL + cross-entropy "
+                  "against the original, long's the next-token cross-entropy (faint: every step; solid: moving "
+                  "average).", "", "![loss curves](losses.png)", ""]
     for name, result in evals.items():
         lines += [f"## {name}", "", result.table(), ""]
-    lines += ["![heads](head_scores.png)", "", "![accuracy vs length](accuracy_vs_length.png)", "",
-              "| step | seconds |", "|---|---:|", *(f"| {k} | {v:.0f} |" for k, v in timings.items()), ""]
+    lines += ["![accuracy vs length](accuracy_vs_length.png)", ""]
+    if any(result.records for result in evals.values()):
+        lines += ["## Sample predictions", "", "The first samples at the native and the longest length; every "
+                  "prediction is in samples.jsonl.", "", *_predictions(evals, native)]
+    lines += ["## Time per step", "", "| step | seconds |", "|---|---:|", *(f"| {k} | {v:.0f} |" for k, v in timings.items()), ""]
     return "\n".join(lines)
