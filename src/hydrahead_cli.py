@@ -1,12 +1,12 @@
 """The `hydrahead` command's entry point.
 
 It lives outside the package so that importing it first tells `hydrahead/__init__.py` not to register the
-model types with transformers at import (which imports torch, seconds on a busy machine): the command
-checks its arguments first and registers when it loads a model.
+model types with transformers at import (that imports torch: seconds on a busy machine). The command checks
+its arguments first; loading a model registers them (`hydrahead.models.load_model`).
 """
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     from hydrahead.cli import main as run
 
-    return run()
+    return run(argv)

@@ -65,7 +65,7 @@ def test_every_multi_word_flag_parses_in_both_spellings():
 def test_version_names_hydrahead_torch_and_transformers_without_importing_them():
     code = textwrap.dedent("""
         import sys
-        from hydrahead.cli import main
+        from hydrahead_cli import main  # the command's entry point: hydrahead registers nothing yet
         try:
             main(["--version"])
         except SystemExit as e:
@@ -120,7 +120,7 @@ def test_bad_arguments_are_reported_before_torch_or_transformers_is_imported(tmp
     cases = [([str(TEACHER) if a == "TEACHER" else a for a in args], message) for args, message in BAD]
     code = textwrap.dedent("""
         import contextlib, io, json, sys
-        from hydrahead.cli import main
+        from hydrahead_cli import main  # the command's entry point: hydrahead registers nothing yet
         out = []
         for args, _ in json.loads(sys.argv[1]):
             err = io.StringIO()
@@ -157,6 +157,7 @@ def test_the_early_token_count_is_the_models_tokenizer():
 def test_good_arguments_pass_the_checks_without_torch():
     code = textwrap.dedent(f"""
         import sys
+        import hydrahead_cli  # the command's entry point: hydrahead registers nothing yet
         from hydrahead.cli import build_parser
         args = build_parser().parse_args(["eval", "--model", {str(TEACHER)!r}, "--tasks", "niah_single_1,vt",
                                           "--lengths", "512,1024", "--depths", "0,50,100", "--kv_format", "fp8"])
