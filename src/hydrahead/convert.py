@@ -46,14 +46,17 @@ REMOTE_CODE = {
 }
 
 
-def convert(model, plan: HeadPlan, options: HybridOptions | None = None, inplace: bool = False):
+def convert(model, plan: HeadPlan, options: HybridOptions | None = None, inplace: bool = False,
+            calibration_ids: torch.Tensor | None = None):
     """A hybrid of `model` (an HF Qwen3 or Llama causal LM) following `plan`.
 
     FA heads keep their q/k/v rows; GDN heads reuse them (k/v repeated per query head when MHA-like);
     o_proj, the q/k norms, embeddings, MLPs and norms are kept. `options` defaults to the paper's choices with
     the log-length scale starting at the model's `max_position_embeddings`. The caller's `model` is left as it
     was, unless `inplace=True`: then the hybrid takes over its modules (no second copy of the weights in
-    memory) and `model` must not be used afterwards.
+    memory) and `model` must not be used afterwards. With `calibration_ids` ([B, T] token ids) and the scale
+    fusion, each head's gamma starts at the original head's output RMS over those tokens (`calibration.py`)
+    instead of 1.
     """
     config = model.config
     model_type = getattr(config, "model_type", type(config).__name__)
@@ -72,6 +75,11 @@ def convert(model, plan: HeadPlan, options: HybridOptions | None = None, inplace
     plan.check_model(config)
     if options is None:
         options = HybridOptions(logscale_length=max(2, int(getattr(config, "max_position_embeddings", 4096))))
+    rms = None
+    if calibration_ids is not None and options.fusion == "scale":
+        from .calibration import head_output_rms
+
+        rms = head_output_rms(model, calibration_ids.to(model.get_input_embeddings().weight.device))
     new_config = hybrid_config(config, plan, options)
     new_config._attn_implementation = config._attn_implementation
     weight = model.get_input_embeddings().weight
@@ -95,6 +103,10 @@ def convert(model, plan: HeadPlan, options: HybridOptions | None = None, inplace
     else:
         hybrid.lm_head = share(model.lm_head)
     hybrid.generation_config = copy.deepcopy(model.generation_config)
+    if rms is not None:
+        from .calibration import set_gamma
+
+        set_gamma(hybrid, rms)
     return hybrid.train(model.training)
 
 

@@ -284,3 +284,24 @@ def test_the_self_check_catches_a_cache_that_is_not_used(monkeypatch):
     monkeypatch.setattr(HydraCache, "gdn_state", lambda self, layer_idx: type(self.gdn[0])())
     with pytest.raises(CachedDecodingError, match="the cache is not being used"):
         check_cached_decoding(model)
+
+
+def test_gamma_calibrated_to_the_original_heads_output_scale():
+    """With calibration, an all-FA conversion that keeps RoPE gives back the original heads' outputs up to each
+    token's RMS against the heads' mean RMS: much closer to the original than gamma = 1."""
+    from hydrahead.calibration import head_output_rms
+
+    model = tiny(seed=13)
+    x = ids(2, 30, seed=6)
+    plan = HeadPlan.full_attention(model.config)
+    options = HybridOptions(fusion="scale", fa_position="rope")
+    rms = head_output_rms(model, x)
+    assert rms.shape == (3, 6) and (rms > 0).all()
+    plain, calibrated = convert(model, plan, options), convert(model, plan, options, calibration_ids=x)
+    assert torch.equal(calibrated.model.layers[1].self_attn.gamma, rms[1])
+    assert torch.equal(plain.model.layers[1].self_attn.gamma, torch.ones(6))
+    with torch.no_grad():
+        reference = model(x).logits
+        error = {name: (m(x).logits - reference).pow(2).mean().item() for name, m in
+                 (("plain", plain), ("calibrated", calibrated))}
+    assert error["calibrated"] < 0.5 * error["plain"], error
