@@ -13,22 +13,29 @@ def _eval(args) -> int:
         DEFAULT_DEPTHS,
         build_samples,
         header_line,
+        parse_depths,
         parse_lengths,
         score_samples,
         write_results,
     )
     from .models import load_model, load_tokenizer
+    from .outputs import check_dir_writable
     from .tasks import read_jsonl
 
     if args.data is None and args.tasks is None:
         raise HydraheadError("give --tasks (generated data) or --data FILE.jsonl (a RULER-format file)")
+    _check_data_flags(args)
     if args.limit is not None and args.limit <= 0:
         raise HydraheadError(f"--limit must be positive, got {args.limit}")
+    if args.batch_size < 1:
+        raise HydraheadError(f"--batch_size must be at least 1, got {args.batch_size}")
+    if args.output_path:  # found now, not as a traceback after the whole evaluation
+        check_dir_writable(args.output_path, "--output_path")
     cache_factory = _kv_factory(args)
     from .decoding.cli import describe, sparse_config, sparse_context
 
     sparse = sparse_config(args)
-    depths = [float(d) for d in args.depths.split(",")] if args.depths else (list(DEFAULT_DEPTHS) if args.plot else None)
+    depths = parse_depths(args.depths) if args.depths else (list(DEFAULT_DEPTHS) if args.plot else None)
     tokenizer = load_tokenizer(args.model)  # samples are built (and bad input found) before the model loads
     if args.data is not None:
         samples = read_jsonl(args.data)
@@ -37,7 +44,7 @@ def _eval(args) -> int:
         config = {"data": str(args.data), "limit": args.limit, "seed": args.seed, "batch_size": args.batch_size,
                   "tasks": sorted({s.task for s in samples})}
     else:
-        lengths = parse_lengths(args.lengths)
+        lengths = parse_lengths(args.lengths or "512")
         samples = build_samples(tokenizer, args.tasks, lengths, args.limit or 50, args.seed, depths)
         config = {"tasks": args.tasks.split(","), "lengths": lengths, "limit": args.limit or 50, "seed": args.seed,
                   "depths": depths, "batch_size": args.batch_size}
@@ -69,16 +76,29 @@ def _eval(args) -> int:
     return 0
 
 
+def _check_data_flags(args) -> None:
+    """--data brings its own tasks, lengths and depths: a flag that would be silently ignored is an error."""
+    if args.data is None:
+        return
+    ignored = [flag for flag in ("--tasks", "--lengths", "--depths") if getattr(args, flag[2:]) is not None]
+    if ignored:
+        raise HydraheadError(f"--data takes its tasks, lengths and depths from the file; {', '.join(ignored)} "
+                             f"would be ignored: drop {'it' if len(ignored) == 1 else 'them'}")
+
+
 def _convert(args) -> int:
     import time
 
+    from .atomic import atomic_dir
     from .attention import HybridOptions
     from .convert import convert, save
     from .models import load_model, load_tokenizer
+    from .outputs import check_model_out
     from .plan import HeadPlan
 
     plan = HeadPlan.load(args.plan)
     tokenizer = load_tokenizer(args.model)
+    out = check_model_out(args.out, args.model)
     start = time.perf_counter()
     model = load_model(args.model)
     options = HybridOptions(
@@ -89,7 +109,8 @@ def _convert(args) -> int:
         logscale_length=args.logscale_length or getattr(model.config, "max_position_embeddings", 4096),
     )
     convert(model, plan, options)
-    out = save(model, args.out, tokenizer)
+    with atomic_dir(out) as partial:  # a killed convert leaves OUT.partial, never a model without weights
+        save(model, partial, tokenizer)
     params = sum(p.numel() for p in model.parameters())
     print(plan.summary())
     print(f"options: {options.to_dict()}")
@@ -115,9 +136,14 @@ def _generate(args) -> int:
 
     sparse = sparse_config(args)
     prompt = args.prompt if args.prompt is not None else _read_text(args.prompt_file)
+    if not prompt.strip():
+        raise HydraheadError("the prompt is empty" + (f" ({args.prompt_file})" if args.prompt_file else ""))
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model)
     ids = tokenizer(prompt, return_tensors="pt").input_ids
+    if ids.shape[1] == 0:
+        raise HydraheadError("the prompt has no tokens with this model's tokenizer")
+    _warn_long_prompt(ids.shape[1], model.config)
     with torch.no_grad(), sparse_context(model, args, sparse) as state:
         start = time.perf_counter()
         cache = cache_factory(model) if cache_factory is not None else None
@@ -138,13 +164,14 @@ def _generate(args) -> int:
 
 
 def _score(args) -> int:
-    import json
     from pathlib import Path
 
     from .models import load_model, load_tokenizer
+    from .outputs import check_file_writable
     from .plots import plot_head_scores
     from .selection import ScoreConfig, SelectionError, partial_path, score_heads
     from .selection.scores import parse_weights
+    from .selection.sweep import read_partial
 
     config = ScoreConfig(
         behaviours=[b.strip() for b in args.behaviours.split(",") if b.strip()], length=args.length,
@@ -156,11 +183,13 @@ def _score(args) -> int:
     unknown = sorted(set(weights) - set(config.behaviours))
     if unknown:
         raise SelectionError(f"--weights names {unknown[0]!r}, which is not among --behaviours")
-    out = Path(args.out)
+    out = check_file_writable(args.out, "--out", "scores.json")
+    if args.plot:
+        check_file_writable(args.plot, "--plot", "scores.png")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(out)
     if partial.is_file():
-        done = sum(len(s) for b in json.loads(partial.read_text()).get("effects", {}).values() for s in b.values())
+        done = sum(len(s) for b in read_partial(partial).get("effects", {}).values() for s in b.values())
         print(f"resuming from {partial} ({done} units already scored)", file=sys.stderr)
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model)
@@ -191,12 +220,14 @@ def _score(args) -> int:
 
 def _plan(args) -> int:
     from .models import _model_dir
+    from .outputs import check_file_writable
     from .plan import ModelShape
     from .selection import Scores, SelectionError, make_plan
     from .selection.scores import parse_weights
 
     if args.scores is None and args.model is None:
         raise SelectionError("give --scores FILE (from `hydrahead score`) or, for layerwise / random plans, --model DIR")
+    check_file_writable(args.out, "--out", "plan.json")
     scores = Scores.load(args.scores) if args.scores else None
     if scores is not None and args.weights:
         scores.weights = parse_weights(args.weights)
@@ -220,12 +251,20 @@ def _plan(args) -> int:
 def _ablate(args) -> int:
     import json
 
-    from .evaluation import new_results_dir
+    from .atomic import final_of, new_results_dir
     from .models import load_model, load_tokenizer
+    from .outputs import check_dir_writable
     from .plots import plot_ablation
     from .selection import Scores, SelectionError, ablation_curve
 
-    ks = sorted({int(k) for k in args.ks.split(",")})
+    try:
+        ks = sorted({int(k) for k in args.ks.split(",") if k.strip()})
+    except ValueError:
+        raise SelectionError(f"--ks must be comma-separated head counts, e.g. 1,2,4,8; got {args.ks!r}") from None
+    if not ks:
+        raise SelectionError("--ks is empty; give head counts, e.g. 1,2,4,8")
+    if args.output_path:
+        check_dir_writable(args.output_path, "--output_path")
     scores = Scores.load(args.scores)
     total = scores.shape.num_layers * scores.shape.num_heads
     if ks[0] < 1 or ks[-1] > total:
@@ -241,12 +280,13 @@ def _ablate(args) -> int:
     print(f"{args.task} at {args.length} tokens, {args.limit} samples, mean ablation of {args.model}")
     print(curve.table())
     if args.output_path:
-        folder = new_results_dir(args.output_path, _run_name(args.model))
-        folder.mkdir(parents=True)
-        (folder / "ablation.json").write_text(json.dumps(vars(curve), indent=1))
-        (folder / "ablation.md").write_text(curve.table() + "\n")
+        with new_results_dir(args.output_path, _run_name(args.model)) as partial:  # all or nothing
+            (partial / "ablation.json").write_text(json.dumps(vars(curve), indent=1))
+            (partial / "ablation.md").write_text(curve.table() + "\n")
+            plot_ablation(curve, partial / "ablation.png")
+        folder = final_of(partial)
         print(f"results: {folder}")
-        print(f"plot: {plot_ablation(curve, folder / 'ablation.png')}")
+        print(f"plot: {folder / 'ablation.png'}")
     return 0
 
 
@@ -276,7 +316,10 @@ def _distill(args) -> int:
 
 
 def _pipeline(args) -> int:
+    from .outputs import check_dir_writable
     from .transfer.pipeline import PipelineConfig, run_pipeline
+
+    check_dir_writable(args.results, "--results")
 
     settings = {k: getattr(args, k) for k in ("teacher", "out", "ratio", "granularity", "limit", "seed",
                                               "align_steps", "distill_steps", "long_steps")}
@@ -321,7 +364,19 @@ def _read_text(path) -> str:
     path = Path(path)
     if not path.is_file():
         raise HydraheadError(f"prompt file {path} does not exist")
-    return path.read_text()
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise HydraheadError(f"prompt file {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
+
+
+def _warn_long_prompt(tokens: int, config) -> None:
+    """A prompt beyond the model's positions still runs (length extrapolation is what hydrahead measures),
+    but the user should know the output may be meaningless."""
+    native = getattr(config, "max_position_embeddings", None)
+    if native and tokens > native:
+        print(f"hydrahead: warning: the prompt has {tokens} tokens, {tokens / native:.1f}x the model's {native} "
+              "positions (max_position_embeddings); expect degraded output", file=sys.stderr)
 
 
 def _run_name(model_path) -> str:
@@ -356,6 +411,9 @@ def _tasks_generate(args) -> int:
 
     from .tasks import generate, write_jsonl
 
+    from .outputs import check_file_writable
+
+    check_file_writable(args.out, "--out", f"{args.task}.jsonl")
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True)
     samples = generate(args.task, tokenizer, args.length, args.num_samples, seed=args.seed, depth=args.depth)
     write_jsonl(samples, args.out)
@@ -371,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", required=True, help="a local HF model directory")
     ev.add_argument("--tasks", help="comma-separated task names (see `hydrahead tasks list`)")
     ev.add_argument("--data", help="a RULER-format JSONL file instead of generated tasks")
-    ev.add_argument("--lengths", default="512", help="comma-separated context lengths in tokens")
+    ev.add_argument("--lengths", help="comma-separated context lengths in tokens (default 512)")
     ev.add_argument("--limit", type=int, default=None, help="samples per task and length (default 50)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--depths", help="needle depths in %% for NIAH tasks, e.g. 0,50,100")
