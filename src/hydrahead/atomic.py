@@ -58,7 +58,7 @@ def writer(partial: Path) -> str | None:
         return None
     except PermissionError:  # alive, someone else's
         pass
-    return f"pid {pid_n} on {host}" if pid_n != os.getpid() else None
+    return f"pid {pid_n} on {host}"  # our own pid too: another write of this process, still open
 
 
 def clear_stale(partial: Path) -> None:

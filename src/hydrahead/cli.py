@@ -316,10 +316,7 @@ def _distill(args) -> int:
 
 
 def _pipeline(args) -> int:
-    from .outputs import check_dir_writable
     from .transfer.pipeline import PipelineConfig, run_pipeline
-
-    check_dir_writable(args.results, "--results")
 
     settings = {k: getattr(args, k) for k in ("teacher", "out", "ratio", "granularity", "limit", "seed",
                                               "align_steps", "distill_steps", "long_steps")}

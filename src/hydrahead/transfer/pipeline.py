@@ -47,10 +47,13 @@ def _log(message: str) -> None:
 
 
 def run_pipeline(cfg: PipelineConfig, results: str | Path = "results/pipeline", progress: bool = True) -> Path:
-    from ..evaluation import evaluate, new_results_dir
+    from ..atomic import final_of, new_results_dir
+    from ..evaluation import evaluate
+    from ..outputs import check_dir_writable
     from ..models import load_causal_lm, load_model
     from ..plots import plot_head_scores
     from ..selection import ScoreConfig, Scores, make_plan, score_heads
+    check_dir_writable(results, "--results")  # before hours of training, not after
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -83,13 +86,13 @@ def run_pipeline(cfg: PipelineConfig, results: str | Path = "results/pipeline", 
         evals[name] = timed(f"evaluate {name}", lambda m=model: evaluate(
             m, tokenizer, cfg.tasks, lengths, cfg.limit, cfg.seed, progress=progress))
 
-    folder = new_results_dir(results, "pipeline")
-    folder.mkdir(parents=True)
-    plot_head_scores(scores, folder / "head_scores.png")
-    _plot_models(evals, folder / "accuracy_vs_length.png", native)
     report = _report(cfg, plan, evals, timings, native)
-    (folder / "report.md").write_text(report)
-    (folder / "metrics.json").write_text(json.dumps({k: v.to_json() for k, v in evals.items()}, indent=1))
+    with new_results_dir(results, "pipeline") as partial:  # all or nothing
+        plot_head_scores(scores, partial / "head_scores.png")
+        _plot_models(evals, partial / "accuracy_vs_length.png", native)
+        (partial / "report.md").write_text(report)
+        (partial / "metrics.json").write_text(json.dumps({k: v.to_json() for k, v in evals.items()}, indent=1))
+    folder = final_of(partial)
     print(report)
     _log(f"report: {folder / 'report.md'}")
     return folder
