@@ -295,8 +295,11 @@ def _distill(args) -> int:
 
     import yaml
 
-    from .transfer import load_config, train_stage
+    from .resume import parse_changes
+    from .transfer import TransferError, load_config, train_stage
+    from .transfer.checkpoint import CHANGEABLE
 
+    allowed = parse_changes(args.change_on_resume, CHANGEABLE, TransferError)
     overrides = {k: getattr(args, k) for k in (
         "stage", "teacher", "plan", "init", "out", "steps", "seq_len", "batch_size", "micro_batch", "lr", "warmup",
         "seed", "checkpoint_every", "max_minutes", "parallel")}
@@ -306,7 +309,7 @@ def _distill(args) -> int:
             raise HydraheadError(f"--set takes KEY=VALUE, got {item!r}")
         overrides[key.strip()] = yaml.safe_load(value)
     config = load_config(args.config, overrides)
-    model_dir = train_stage(config, progress=not args.quiet)
+    model_dir = train_stage(config, progress=not args.quiet, change_on_resume=allowed)
     if model_dir is None:
         print(f"stopped early with a checkpoint in {config.out}/training; run the same command to resume")
         return 0
@@ -529,6 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--parallel", choices=["auto", "ddp", "fsdp"],
                     help="under torchrun: a replica per process (ddp) or sharded (fsdp); auto: fsdp on GPUs, else ddp")
     ds.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other config key, e.g. --set kl_weight=2")
+    ds.add_argument("--change_on_resume", "--change-on-resume", metavar="KEYS",
+                    help="settings that may differ from the checkpoint's on purpose, e.g. lr after a divergence or "
+                         "more steps (recorded in summary.json); otherwise a changed setting is refused")
     ds.add_argument("--quiet", action="store_true")
     ds.set_defaults(func=_distill)
 
