@@ -388,11 +388,13 @@ def _run_name(model_path) -> str:
 def _teacher_train(args) -> int:
     from dataclasses import fields
 
-    from .teacher.train import PRESETS, TeacherConfig, train
+    from .resume import parse_changes
+    from .teacher.train import CHANGEABLE, PRESETS, TeacherConfig, TeacherError, train
 
+    allowed = parse_changes(args.change_on_resume, CHANGEABLE, TeacherError)
     overrides = {f.name: getattr(args, f.name) for f in fields(TeacherConfig) if getattr(args, f.name, None) is not None}
     cfg = TeacherConfig(**{**PRESETS[args.preset], **overrides})
-    out = train(args.out, cfg, max_minutes=args.max_minutes, progress=not args.quiet)
+    out = train(args.out, cfg, max_minutes=args.max_minutes, progress=not args.quiet, change_on_resume=allowed)
     if out is not None:
         print(f"teacher written to {out}")
     return 0
@@ -568,6 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--eval_every", type=int)
     tr.add_argument("--checkpoint_every", type=int)
     tr.add_argument("--max_minutes", type=float, help="stop (with a checkpoint) after this long; run again to resume")
+    tr.add_argument("--change_on_resume", "--change-on-resume", metavar="KEYS",
+                    help="settings that may differ from the checkpoint's on purpose, e.g. lr after a divergence "
+                         "(recorded in training_summary.json); otherwise a changed setting is refused")
     tr.add_argument("--quiet", action="store_true")
     tr.set_defaults(func=_teacher_train)
 

@@ -73,23 +73,25 @@ def changed_settings(saved: dict, current: dict, keys: Iterable[str], saved_dige
     return changed
 
 
-def check_resume(where: str, step: int, saved: dict, current: dict, keys: Iterable[str], allowed: Iterable[str],
-                 error: type[Exception], saved_digests: dict | None = None, current_digests: dict | None = None,
-                 change_flag: str = "--change_on_resume") -> dict:
+def check_resume(where, step: int, saved: dict, current: dict, fixed: Iterable[str], changeable: Iterable[str],
+                 allowed: Iterable[str], error: type[Exception], saved_digests: dict | None = None,
+                 current_digests: dict | None = None, change_flag: str = "--change_on_resume") -> dict:
     """Refuse to resume the checkpoint `where` (at `step`) with settings other than those it was made with,
-    naming each difference as old and new value, except those in `allowed` (changed on purpose). Returns
-    the allowed changes {key: [old, new]}. Fewer steps than the checkpoint has done is always refused."""
+    naming each difference as old and new value; a `changeable` setting named in `allowed` may differ on
+    purpose. Returns those changes {key: [old, new]}. Fewer steps than the checkpoint has done is refused."""
     if current.get("steps") is not None and current["steps"] < step:
         raise error(f"the checkpoint in {where} is at step {step}, beyond this run's steps={current['steps']}; "
                     "give at least that many steps, or use another out directory")
-    changed = changed_settings(saved, current, keys, saved_digests, current_digests)
-    refused = [k for k in changed if k not in set(allowed)]
+    changeable = tuple(changeable)
+    changed = changed_settings(saved, current, (*fixed, *changeable), saved_digests, current_digests)
+    refused = [k for k in changed if k not in changeable or k not in set(allowed)]
     if refused:
         old = ", ".join(_show(k, saved.get(k), saved_digests or {}) for k in refused)
         new = ", ".join(_show(k, current.get(k), current_digests or {}) for k in refused)
+        may = [k for k in refused if k in changeable]
+        hint = f"; {', '.join(may)} may be changed on purpose with {change_flag} {','.join(may)}" if may else ""
         raise error(f"the checkpoint in {where} was made with {old}; this run has {new}; resume with the same "
-                    f"settings, use another out directory, or change them on purpose with {change_flag} "
-                    f"{','.join(refused)}")
+                    f"settings, or use another out directory{hint}")
     return {k: [saved.get(k), current.get(k)] for k in changed}
 
 

@@ -162,7 +162,7 @@ def test_resume_is_keyed_on_the_contents_of_every_setting(tiny, tmp_path, monkey
         train_stage(config_for(tiny, "keyed", plan="plan.json"), progress=False)
     shutil.copy(tiny / "plan.json", plan)
     with pytest.raises(TransferError, match=r"made with lr=0.003, warmup=2; this run has lr=0.01, warmup=3; .* "
-                                            r"--change_on_resume lr,warmup"):
+                                            r"lr, warmup may be changed on purpose with --change_on_resume lr,warmup"):
         train_stage(config_for(tiny, "keyed", plan="plan.json", lr=1e-2, warmup=3), progress=False)
     with pytest.raises(TransferError, match=f"the checkpoint in {ckpt} is at step 2, beyond this run's steps=1"):
         train_stage(config_for(tiny, "keyed", plan="plan.json", steps=1), progress=False)

@@ -102,7 +102,7 @@ def load_checkpoint(work: Path, model, optimizer, config: TransferConfig, trim: 
                             f"this one reads {FORMAT}); delete it to start the stage over")
     step = int(state["step"])
     # contents, not paths: an edited plan is another run; the same plan by another path is not
-    changes = check_resume(ckpt, step, saved, config.to_dict(), FIXED + CHANGEABLE, allowed, TransferError,
+    changes = check_resume(ckpt, step, saved, config.to_dict(), FIXED, CHANGEABLE, allowed, TransferError,
                            state.get("digests"), digests)
     try:
         weights = load_file(str(ckpt / "model.safetensors"))
