@@ -58,6 +58,7 @@ def _eval(args) -> int:
         result = score_samples(model, tokenizer, samples, args.batch_size, progress=not args.quiet, metric=args.metric,
                                cache_factory=cache_factory)
     result.config = config
+    result.overall_column = args.data is not None  # a file is the unit: its score beside its lengths
     print(header_line(str(args.model), result))
     if cache_factory is not None:
         print(f"kv cache: {_kv_line(cache_factory.describe())}")

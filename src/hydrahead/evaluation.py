@@ -27,12 +27,13 @@ class EvalResult:
     records: list[dict] = field(default_factory=list)  # one per sample
     config: dict = field(default_factory=dict)
     overall: dict[str, float] = field(default_factory=dict)  # task -> score over all its samples (0-100)
+    overall_column: bool = False  # for data files: one score per file beside its length columns
 
     def table(self) -> str:
-        """A column per length; with more than one length, an "all" column: the task's score over all its
-        samples (one score per file of RULER's, whatever lengths its samples have)."""
+        """A column per length; with `overall_column` and more than one length, an "all" column: the task's
+        score over all its samples (one score per file of RULER's, whatever lengths its samples have)."""
         lengths = sorted({n for per in self.scores.values() for n in per})
-        with_all = len(lengths) > 1 and set(self.overall) >= set(self.scores)
+        with_all = self.overall_column and len(lengths) > 1 and set(self.overall) >= set(self.scores)
         head = "| Task | " + " | ".join(str(n) for n in lengths) + (" | all" if with_all else "") + " |"
         rule = "|---|" + "---:|" * (len(lengths) + with_all)
         rows = []
