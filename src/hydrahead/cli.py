@@ -13,18 +13,20 @@ def _eval(args) -> int:
         DEFAULT_DEPTHS,
         build_samples,
         header_line,
+        parse_depths,
         parse_lengths,
         score_samples,
         write_results,
     )
     from .models import load_model, load_tokenizer
+    from .selfcheck import check_cached_decoding
     from .tasks import read_jsonl
 
     cache_factory = _kv_factory(args)  # the arguments were checked by cli_checks.check_eval
     from .decoding.cli import describe, sparse_config, sparse_context
 
     sparse = sparse_config(args)
-    depths = [float(d) for d in args.depths.split(",")] if args.depths else (list(DEFAULT_DEPTHS) if args.plot else None)
+    depths = parse_depths(args.depths) if args.depths else (list(DEFAULT_DEPTHS) if args.plot else None)
     tokenizer = load_tokenizer(args.model)  # samples are built (and bad input found) before the model loads
     if args.data is not None:
         samples = read_jsonl(args.data)
@@ -33,11 +35,12 @@ def _eval(args) -> int:
         config = {"data": str(args.data), "limit": args.limit, "seed": args.seed, "batch_size": args.batch_size,
                   "tasks": sorted({s.task for s in samples})}
     else:
-        lengths = parse_lengths(args.lengths)
+        lengths = parse_lengths(args.lengths or "512")
         samples = build_samples(tokenizer, args.tasks, lengths, args.limit or 50, args.seed, depths)
         config = {"tasks": args.tasks.split(","), "lengths": lengths, "limit": args.limit or 50, "seed": args.seed,
                   "depths": depths, "batch_size": args.batch_size}
     model = load_model(args.model)
+    check_cached_decoding(model)  # a cache that is silently not used would make every score noise
     config.update(model=str(args.model), native_length=getattr(model.config, "max_position_embeddings", None))
     if cache_factory is not None:
         config["kv_cache"] = cache_factory.describe()
@@ -47,6 +50,7 @@ def _eval(args) -> int:
         result = score_samples(model, tokenizer, samples, args.batch_size, progress=not args.quiet, metric=args.metric,
                                cache_factory=cache_factory)
     result.config = config
+    result.overall_column = args.data is not None  # a file is the unit: its score beside its lengths
     print(header_line(str(args.model), result))
     if cache_factory is not None:
         print(f"kv cache: {_kv_line(cache_factory.describe())}")
@@ -68,13 +72,16 @@ def _eval(args) -> int:
 def _convert(args) -> int:
     import time
 
+    from .atomic import atomic_dir
     from .attention import HybridOptions
     from .convert import convert, save
     from .models import load_model, load_tokenizer
+    from .outputs import check_model_out
     from .plan import HeadPlan
 
     plan = HeadPlan.load(args.plan)
     tokenizer = load_tokenizer(args.model)
+    out = check_model_out(args.out, args.model)
     start = time.perf_counter()
     model = load_model(args.model)
     options = HybridOptions(
@@ -85,7 +92,8 @@ def _convert(args) -> int:
         logscale_length=args.logscale_length or getattr(model.config, "max_position_embeddings", 4096),
     )
     hybrid = convert(model, plan, options, inplace=True)  # the original is not used again: no second copy
-    out = save(hybrid, args.out, tokenizer)
+    with atomic_dir(out) as partial:  # a killed convert leaves OUT.partial, never a model without weights
+        save(hybrid, partial, tokenizer)
     params = sum(p.numel() for p in hybrid.parameters())
     print(plan.summary())
     print(f"options: {options.to_dict()}")
@@ -108,9 +116,14 @@ def _generate(args) -> int:
 
     sparse = sparse_config(args)
     prompt = args.prompt if args.prompt is not None else _read_text(args.prompt_file)
+    if not prompt.strip():
+        raise HydraheadError("the prompt is empty" + (f" ({args.prompt_file})" if args.prompt_file else ""))
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model)
     ids = tokenizer(prompt, return_tensors="pt").input_ids
+    if ids.shape[1] == 0:
+        raise HydraheadError("the prompt has no tokens with this model's tokenizer")
+    _warn_long_prompt(ids.shape[1], model.config)
     with torch.no_grad(), sparse_context(model, args, sparse) as state:
         start = time.perf_counter()
         cache = cache_factory(model) if cache_factory is not None else None
@@ -131,13 +144,14 @@ def _generate(args) -> int:
 
 
 def _score(args) -> int:
-    import json
     from pathlib import Path
 
     from .models import load_model, load_tokenizer
+    from .outputs import check_file_writable
     from .plots import plot_head_scores
     from .selection import ScoreConfig, SelectionError, partial_path, score_heads
     from .selection.scores import parse_weights
+    from .selection.sweep import read_partial
 
     config = ScoreConfig(
         behaviours=[b.strip() for b in args.behaviours.split(",") if b.strip()], length=args.length,
@@ -149,11 +163,13 @@ def _score(args) -> int:
     unknown = sorted(set(weights) - set(config.behaviours))
     if unknown:
         raise SelectionError(f"--weights names {unknown[0]!r}, which is not among --behaviours")
-    out = Path(args.out)
+    out = check_file_writable(args.out, "--out", "scores.json")
+    if args.plot:
+        check_file_writable(args.plot, "--plot", "scores.png")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(out)
     if partial.is_file():
-        done = sum(len(s) for b in json.loads(partial.read_text()).get("effects", {}).values() for s in b.values())
+        done = sum(len(s) for b in read_partial(partial).get("effects", {}).values() for s in b.values())
         print(f"resuming from {partial} ({done} units already scored)", file=sys.stderr)
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model)
@@ -211,12 +227,20 @@ def _plan(args) -> int:
 def _ablate(args) -> int:
     import json
 
-    from .evaluation import new_results_dir
+    from .atomic import final_of, new_results_dir
     from .models import load_model, load_tokenizer
+    from .outputs import check_dir_writable
     from .plots import plot_ablation
     from .selection import Scores, SelectionError, ablation_curve
 
-    ks = sorted({int(k) for k in args.ks.split(",")})
+    try:
+        ks = sorted({int(k) for k in args.ks.split(",") if k.strip()})
+    except ValueError:
+        raise SelectionError(f"--ks must be comma-separated head counts, e.g. 1,2,4,8; got {args.ks!r}") from None
+    if not ks:
+        raise SelectionError("--ks is empty; give head counts, e.g. 1,2,4,8")
+    if args.output_path:
+        check_dir_writable(args.output_path, "--output_path")
     scores = Scores.load(args.scores)
     total = scores.shape.num_layers * scores.shape.num_heads
     if ks[0] < 1 or ks[-1] > total:
@@ -232,12 +256,13 @@ def _ablate(args) -> int:
     print(f"{args.task} at {args.length} tokens, {args.limit} samples, mean ablation of {args.model}")
     print(curve.table())
     if args.output_path:
-        folder = new_results_dir(args.output_path, _run_name(args.model))
-        folder.mkdir(parents=True)
-        (folder / "ablation.json").write_text(json.dumps(vars(curve), indent=1))
-        (folder / "ablation.md").write_text(curve.table() + "\n")
+        with new_results_dir(args.output_path, _run_name(args.model)) as partial:  # all or nothing
+            (partial / "ablation.json").write_text(json.dumps(vars(curve), indent=1))
+            (partial / "ablation.md").write_text(curve.table() + "\n")
+            plot_ablation(curve, partial / "ablation.png")
+        folder = final_of(partial)
         print(f"results: {folder}")
-        print(f"plot: {plot_ablation(curve, folder / 'ablation.png')}")
+        print(f"plot: {folder / 'ablation.png'}")
     return 0
 
 
@@ -247,8 +272,13 @@ def _distill(args) -> int:
     from .cli_checks import distill_config
     from .transfer import train_stage
 
+    from .resume import parse_changes
+    from .transfer import TransferError
+    from .transfer.checkpoint import CHANGEABLE
+
+    allowed = parse_changes(args.change_on_resume, CHANGEABLE, TransferError)
     config = distill_config(args)
-    model_dir = train_stage(config, progress=not args.quiet)
+    model_dir = train_stage(config, progress=not args.quiet, change_on_resume=allowed)
     if model_dir is None:
         print(f"stopped early with a checkpoint in {config.out}/training; run the same command to resume")
         return 0
@@ -299,7 +329,19 @@ def _read_text(path) -> str:
     path = Path(path)
     if not path.is_file():
         raise HydraheadError(f"prompt file {path} does not exist")
-    return path.read_text()
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise HydraheadError(f"prompt file {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
+
+
+def _warn_long_prompt(tokens: int, config) -> None:
+    """A prompt beyond the model's positions still runs (length extrapolation is what hydrahead measures),
+    but the user should know the output may be meaningless."""
+    native = getattr(config, "max_position_embeddings", None)
+    if native and tokens > native:
+        print(f"hydrahead: warning: the prompt has {tokens} tokens, {tokens / native:.1f}x the model's {native} "
+              "positions (max_position_embeddings); expect degraded output", file=sys.stderr)
 
 
 def _run_name(model_path) -> str:
@@ -311,13 +353,15 @@ def _run_name(model_path) -> str:
 def _teacher_train(args) -> int:
     from dataclasses import fields
 
-    from .teacher.train import PRESETS, TeacherConfig, train
+    from .resume import parse_changes
+    from .teacher.train import CHANGEABLE, PRESETS, TeacherConfig, TeacherError, train
 
+    allowed = parse_changes(args.change_on_resume, CHANGEABLE, TeacherError)
     overrides = {f.name: getattr(args, f.name) for f in fields(TeacherConfig) if getattr(args, f.name, None) is not None}
     if args.no_eval:  # the closing evaluation of 4 tasks takes minutes on a CPU
         overrides["eval_samples"] = 0
     cfg = TeacherConfig(**{**PRESETS[args.preset], **overrides})
-    out = train(args.out, cfg, max_minutes=args.max_minutes, progress=not args.quiet)
+    out = train(args.out, cfg, max_minutes=args.max_minutes, progress=not args.quiet, change_on_resume=allowed)
     if out is not None:
         print(f"teacher written to {out}")
     return 0
@@ -336,6 +380,9 @@ def _tasks_generate(args) -> int:
 
     from .tasks import generate, write_jsonl
 
+    from .outputs import check_file_writable
+
+    check_file_writable(args.out, "--out", f"{args.task}.jsonl")
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True)
     samples = generate(args.task, tokenizer, args.length, args.num_samples, seed=args.seed, depth=args.depth)
     write_jsonl(samples, args.out)
@@ -359,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(*flag("model"), required=True, help="a local HF model directory")
     ev.add_argument(*flag("tasks"), help="comma-separated task names (see `hydrahead tasks list`)")
     ev.add_argument(*flag("data"), help="a RULER-format JSONL file instead of generated tasks")
-    ev.add_argument(*flag("lengths"), default="512", help="comma-separated context lengths in tokens")
+    ev.add_argument(*flag("lengths"), help="comma-separated context lengths in tokens (default: 512; not with --data, "
+                                           "whose samples carry their lengths)")
     ev.add_argument(*flag("limit"), type=int, default=None, help="samples per task and length (default: 50; "
                                                                   "with --data, every sample of the file)")
     ev.add_argument(*flag("seed"), type=int, default=0, help="seed of the generated samples")
@@ -483,6 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
                          f"{config_default('parallel')}")
     ds.add_argument(*flag("set"), action="append", metavar="KEY=VALUE",
                     help="any other config key, e.g. --set kl_weight=2 (repeatable)")
+    ds.add_argument(*flag("change_on_resume"), metavar="KEYS",
+                    help="settings that may differ from the checkpoint's on purpose, e.g. lr after a divergence or "
+                         "more steps (recorded in summary.json); otherwise a changed setting is refused (default: none)")
     ds.add_argument(*flag("quiet"), action="store_true", help="no progress bar")
     ds.set_defaults(func=_distill, check=checks.check_distill)
 
@@ -532,6 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"steps between checkpoints {preset_default('checkpoint_every')}")
     tr.add_argument(*flag("max_minutes"), type=float,
                     help="stop (with a checkpoint) after this long; run again to resume (default: no limit)")
+    tr.add_argument(*flag("change_on_resume"), metavar="KEYS",
+                    help="settings that may differ from the checkpoint's on purpose, e.g. lr after a divergence "
+                         "(recorded in training_summary.json); otherwise a changed setting is refused (default: none)")
     tr.add_argument(*flag("quiet"), action="store_true", help="no progress bar")
     tr.set_defaults(func=_teacher_train, check=checks.check_teacher_train)
 

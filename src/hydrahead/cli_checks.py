@@ -108,6 +108,7 @@ def sparse(args) -> None:
 def check_eval(args) -> None:
     if args.data is None and args.tasks is None:
         raise HydraheadError("give --tasks (generated data) or --data FILE.jsonl (a RULER-format file)")
+    data_flags(args)
     positive("--limit", args.limit)
     positive("--batch_size", args.batch_size)
     depths = numbers("--depths", args.depths, float, 0, 100) if args.depths else [None]
@@ -119,7 +120,21 @@ def check_eval(args) -> None:
         from .tasks.base import parse_lengths
 
         tasks(args.tasks)
-        lengths_fit(args.model, args.tasks, parse_lengths(args.lengths), args.seed, depths)
+        lengths_fit(args.model, args.tasks, parse_lengths(args.lengths or "512"), args.seed, depths)
+    if args.output_path:  # found now, not as a traceback after the whole evaluation
+        from .outputs import check_dir_writable
+
+        check_dir_writable(args.output_path, "--output_path")
+
+
+def data_flags(args) -> None:
+    """--data brings its own tasks, lengths and depths: a flag that would be silently ignored is an error."""
+    if args.data is None:
+        return
+    ignored = [flag for flag in ("--tasks", "--lengths", "--depths") if getattr(args, flag[2:]) is not None]
+    if ignored:
+        raise HydraheadError(f"--data takes its tasks, lengths and depths from the file; {', '.join(ignored)} "
+                             f"would be ignored: drop {'it' if len(ignored) == 1 else 'them'}")
 
 
 def check_generate(args) -> None:
@@ -136,6 +151,9 @@ def check_convert(args) -> None:
     from .plan import HeadPlan
 
     HeadPlan.load(args.plan)  # a missing or malformed plan is named now, not after the model loads
+    from .outputs import check_model_out
+
+    check_model_out(args.out, args.model)  # never onto the source model
     positive("--conv_size", args.conv_size)
     positive("--logscale_length", args.logscale_length)
     model_dir(args.model)
@@ -152,6 +170,9 @@ def check_plan(args) -> None:
     if args.scores is None and args.model is None:
         raise HydraheadError("give --scores FILE (from `hydrahead score`) or, for layerwise / random plans, --model DIR")
     existing_file(args.scores, "--scores")
+    from .outputs import check_file_writable
+
+    check_file_writable(args.out, "--out", "plan.json")
     ratio(args.ratio)
     positive("--kv_budget", args.kv_budget)
     if args.scores is None:

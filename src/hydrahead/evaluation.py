@@ -4,10 +4,7 @@ folder, plots. Follows lm-evaluation-harness conventions (`--model`, `--tasks`, 
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
-import os
-import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +14,7 @@ from .generation import greedy_generate
 from .selfcheck import check_cached_decoding
 from .tasks import Sample, generate, parse_tasks
 from .tasks.base import TASKS, parse_lengths
+from .tasks.ruler import ruler_metric
 from .tasks.scoring import METRICS, postprocess_pred
 
 DEFAULT_DEPTHS = (0.0, 25.0, 50.0, 75.0, 100.0)
@@ -29,17 +27,24 @@ class EvalResult:
     prefill_tokens_per_s: dict[str, dict[int, float]]
     records: list[dict] = field(default_factory=list)  # one per sample
     config: dict = field(default_factory=dict)
+    overall: dict[str, float] = field(default_factory=dict)  # task -> score over all its samples (0-100)
+    overall_column: bool = False  # for data files: one score per file beside its length columns
 
     def table(self) -> str:
+        """A column per length; with `overall_column` and more than one length, an "all" column: the task's
+        score over all its samples (one score per file of RULER's, whatever lengths its samples have)."""
         lengths = sorted({n for per in self.scores.values() for n in per})
-        head = "| Task | " + " | ".join(str(n) for n in lengths) + " |"
-        rule = "|---|" + "---:|" * len(lengths)
+        with_all = self.overall_column and len(lengths) > 1 and set(self.overall) >= set(self.scores)
+        head = "| Task | " + " | ".join(str(n) for n in lengths) + (" | all" if with_all else "") + " |"
+        rule = "|---|" + "---:|" * (len(lengths) + with_all)
         rows = []
         for task, per in self.scores.items():
             cells = [f"{per[n]:.1f}" if n in per else "-" for n in lengths]
+            cells += [f"{self.overall[task]:.1f}"] if with_all else []
             rows.append(f"| {task} | " + " | ".join(cells) + " |")
         if len(self.scores) > 1:
             mean = [sum(p[n] for p in self.scores.values() if n in p) / max(1, sum(n in p for p in self.scores.values())) for n in lengths]
+            mean += [sum(self.overall[t] for t in self.scores) / len(self.scores)] if with_all else []
             rows.append("| **mean** | " + " | ".join(f"{m:.1f}" for m in mean) + " |")
         return "\n".join([head, rule, *rows])
 
@@ -51,8 +56,22 @@ class EvalResult:
             "results": keys_to_str(self.scores),
             "depth_results": keys_to_str(self.depth_scores),
             "prefill_tokens_per_s": keys_to_str(self.prefill_tokens_per_s),
+            "overall": self.overall,
             "config": self.config,
         }
+
+
+def parse_depths(depths) -> list[float]:
+    """'0,50,100' -> [0.0, 50.0, 100.0]: needle depths in percent."""
+    items = [x for x in depths.split(",") if x.strip()] if isinstance(depths, str) else list(depths)
+    error = HydraheadError(f"--depths must be percentages in [0, 100], e.g. 0,50,100; got {depths!r}")
+    try:
+        out = [float(x) for x in items]
+    except (TypeError, ValueError):
+        raise error from None
+    if not out or any(not 0 <= d <= 100 for d in out):  # also NaN
+        raise error
+    return out
 
 
 def build_samples(tokenizer, tasks, lengths, limit: int, seed: int, depths=None) -> list[Sample]:
@@ -76,6 +95,8 @@ def score_samples(model, tokenizer, samples: list[Sample], batch_size: int = 8, 
     Long prompts get smaller batches (at most `max_batch_tokens` prompt tokens), which bounds memory."""
     from tqdm import tqdm
 
+    if batch_size < 1:
+        raise HydraheadError(f"--batch_size must be at least 1, got {batch_size}")
     groups: dict[tuple[str, int], list[Sample]] = defaultdict(list)
     for s in samples:
         groups[(s.task, int(s.extra.get("max_length", s.length)))].append(s)
@@ -84,10 +105,11 @@ def score_samples(model, tokenizer, samples: list[Sample], batch_size: int = 8, 
     speed: dict[str, dict[int, float]] = defaultdict(dict)
     records = []
     bar = tqdm(total=len(samples), desc="eval", disable=not progress, dynamic_ncols=True)
+    overall: dict[str, list[float]] = defaultdict(list)
     for (task_name, length), group in groups.items():
         task = TASKS.get(task_name)
-        tokens_to_generate = task.tokens_to_generate if task else 64
-        sample_metric = METRICS[metric or (task.metric if task else "string_match_all")][1]
+        tokens_to_generate = _answer_budget(task, group)
+        sample_metric = METRICS[metric or (task.metric if task else ruler_metric(task_name))][1]
         group = sorted(group, key=lambda s: len(s.prompt()))
         per_sample, per_depth = [], defaultdict(list)
         prefill_tokens, prefill_s = 0, 0.0
@@ -108,11 +130,22 @@ def score_samples(model, tokenizer, samples: list[Sample], batch_size: int = 8, 
                                 "references": s.outputs, "score": value})
             bar.update(len(batch))
         scores[task_name][length] = round(100 * sum(per_sample) / len(per_sample), 2)
+        overall[task_name] += per_sample
         for d, values in sorted(per_depth.items()):
             depth_scores[task_name][length][d] = round(100 * sum(values) / len(values), 2)
         speed[task_name][length] = round(prefill_tokens / max(prefill_s, 1e-9), 1)
     bar.close()
-    return EvalResult(dict(scores), {k: dict(v) for k, v in depth_scores.items()}, dict(speed), records)
+    return EvalResult(dict(scores), {k: dict(v) for k, v in depth_scores.items()}, dict(speed), records,
+                      overall={t: round(100 * sum(v) / len(v), 2) for t, v in overall.items()})
+
+
+def _answer_budget(task, group: list[Sample]) -> int:
+    """Tokens to generate: what the samples carry (written by `generate`, or RULER's budget for files of
+    RULER's tasks), else the task's own, else 64."""
+    carried = [int(s.extra["tokens_to_generate"]) for s in group if s.extra.get("tokens_to_generate")]
+    if carried:
+        return max(carried)
+    return task.tokens_to_generate if task else 64
 
 
 def evaluate(model, tokenizer, tasks="niah_single_1", lengths=(512,), limit: int = 50, seed: int = 0,
@@ -132,25 +165,12 @@ def evaluate(model, tokenizer, tasks="niah_single_1", lengths=(512,), limit: int
     return result
 
 
-def new_results_dir(output_path: str | os.PathLike, name: str) -> Path:
-    """A fresh folder under output_path; an existing one is never reused."""
-    root = Path(output_path)
-    stamp = _dt.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
-    base = f"{name}_{stamp}"
-    candidate, n = root / base, 1
-    while candidate.exists() or candidate.with_name(candidate.name + ".partial").exists():
-        n += 1
-        candidate = root / f"{base}_{n}"
-    return candidate
-
-
 def write_results(result: EvalResult, output_path, name: str, plot: bool = False) -> Path:
     """Write metrics.json, samples.jsonl, config.json (and plots) into a new folder, all or nothing:
     everything goes to a '.partial' folder that is renamed only once it is complete."""
-    final = new_results_dir(output_path, name)
-    partial = final.with_name(final.name + ".partial")
-    partial.mkdir(parents=True)
-    try:
+    from .atomic import final_of, new_results_dir
+
+    with new_results_dir(output_path, name) as partial:
         (partial / "metrics.json").write_text(json.dumps(result.to_json(), indent=2))
         (partial / "config.json").write_text(json.dumps(result.config, indent=2))
         with (partial / "samples.jsonl").open("w") as f:
@@ -161,11 +181,7 @@ def write_results(result: EvalResult, output_path, name: str, plot: bool = False
             from .plots import plot_results
 
             plot_results(result, partial, result.config.get("native_length"))
-        os.replace(partial, final)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    return final
+    return final_of(partial)
 
 
 def header_line(model_path: str, result: EvalResult) -> str:

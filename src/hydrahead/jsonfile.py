@@ -13,9 +13,11 @@ def read_json(path: str | os.PathLike, what: str, error: type[Exception]):
     if not path.is_file():
         raise error(f"{what} {path} does not exist")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:  # a truncated file (a kill mid-copy, a full disk) ends up here too
         raise error(f"{path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
 
 
 def write_json_atomic(path: Path, data) -> None:

@@ -119,6 +119,7 @@ def test_cli_runs_a_ruler_file(tiny_model_dir, tmp_path):
     proc = run_cli("eval", "--model", str(tiny_model_dir), "--data", str(data), "--output_path", str(tmp_path / "r"), "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert "| ruler |" in proc.stdout
+    assert "| Task | 32 |" in proc.stdout  # one sample of 20 tokens: one column, rounded to a standard length
     (folder,) = (tmp_path / "r").iterdir()
     assert json.loads((folder / "samples.jsonl").read_text())["references"] == ["12345"]
 
@@ -147,3 +148,48 @@ def test_cli_names_a_directory_that_is_not_a_causal_lm(tmp_path):
     ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8).save_pretrained(tmp_path)
     proc = run_cli("eval", "--model", str(tmp_path), "--tasks", "vt")
     assert proc.returncode == 2 and "is not a causal LM (model_type 'vit')" in proc.stderr
+
+
+def test_a_ruler_file_gets_rulers_budget_and_one_score_beside_its_lengths(tmp_path, tokenizer, monkeypatch):
+    from hydrahead.tasks import read_jsonl
+
+    # as RULER writes it: <task>/validation.jsonl, each sample with its own token count
+    path = tmp_path / "niah_single_1" / "validation.jsonl"
+    path.parent.mkdir()
+    lengths = [3900, 3950, 4000, 7900, 8000, 8100]
+    path.write_text("".join(json.dumps({"index": i, "input": f"Q{i}?", "outputs": [str(i)], "length": n}) + "\n"
+                            for i, n in enumerate(lengths)))
+    budgets = []
+
+    def answers_the_short_ones(model, tok, prompts, n, cache_factory=None):
+        budgets.append(n)
+        return [p[1] if int(p[1]) < 3 else "no" for p in prompts], 10, 0.01
+
+    monkeypatch.setattr("hydrahead.evaluation.greedy_generate", answers_the_short_ones)
+    result = score_samples(None, tokenizer, read_jsonl(path), progress=False)
+    assert set(budgets) == {128}  # RULER's NIAH budget, where ours is 32
+    assert result.scores == {"niah_single_1": {4096: 100.0, 8192: 0.0}}  # not six columns of one sample each
+    assert result.overall == {"niah_single_1": 50.0}
+    assert result.table().splitlines()[0] == "| Task | 4096 | 8192 |"  # generated runs: the columns asked for
+    result.overall_column = True  # as `eval --data` sets it
+    assert result.table().splitlines()[:3] == ["| Task | 4096 | 8192 | all |", "|---|---:|---:|---:|",
+                                               "| niah_single_1 | 100.0 | 0.0 | 50.0 |"]
+    assert result.to_json()["overall"] == {"niah_single_1": 50.0}
+
+
+def test_batch_size_must_be_positive(tokenizer):
+    samples = build_samples(tokenizer, "passkey", [256], limit=1, seed=0)
+    with pytest.raises(HydraheadError, match="--batch_size must be at least 1, got 0"):
+        score_samples(None, tokenizer, samples, batch_size=0, progress=False)
+
+
+def test_eval_of_a_ruler_folder_prints_one_score_per_file(tiny_model_dir, tmp_path, capsys):
+    from hydrahead.cli import main
+
+    path = tmp_path / "vt" / "validation.jsonl"
+    path.parent.mkdir()
+    path.write_text("".join(json.dumps({"index": i, "input": "VAR A = 1. Which variables are 1?", "outputs": ["A"],
+                                        "length": n}) + "\n" for i, n in enumerate([200, 220, 400, 450])))
+    assert main(["eval", "--model", str(tiny_model_dir), "--data", str(path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "| Task | 256 | 512 | all |" in out and "| vt |" in out  # the task from the folder, not "validation"

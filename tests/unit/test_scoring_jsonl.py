@@ -45,7 +45,7 @@ def test_reads_a_file_written_by_ruler(tmp_path):
     path.write_text(json.dumps({"index": 7, "input": "Q?", "outputs": ["A"], "length": 9, "length_w_model_temp": 20}) + "\n")
     (s,) = read_jsonl(path)
     assert (s.index, s.input, s.outputs, s.length, s.answer_prefix, s.task) == (7, "Q?", ["A"], 9, "", "vt")
-    assert s.extra == {"length_w_model_temp": 20}
+    assert s.extra == {"length_w_model_temp": 20, "max_length": 16, "tokens_to_generate": 30}
 
 
 @pytest.mark.parametrize(
@@ -55,6 +55,12 @@ def test_reads_a_file_written_by_ruler(tmp_path):
         ('{"outputs": ["x"]}', r"bad.jsonl:2: missing 'input'"),
         ("{not json", r"bad.jsonl:2: not valid JSON"),
         ('{"input": "x", "outputs": []}', r"'outputs' must be a non-empty list"),
+        ('{"input": 12345, "outputs": ["x"]}', r"bad.jsonl:2: 'input' must be a string, got 12345"),
+        ('{"index": "abc", "input": "x", "outputs": ["x"]}', r"bad.jsonl:2: 'index' must be an integer, got 'abc'"),
+        ('{"length": "long", "input": "x", "outputs": ["x"]}', r"'length' must be an integer, got 'long'"),
+        ('{"answer_prefix": 3, "input": "x", "outputs": ["x"]}', r"'answer_prefix' must be a string"),
+        ('{"tokens_to_generate": 0, "input": "x", "outputs": ["x"]}', r"'tokens_to_generate' must be a positive"),
+        ('["x", "y"]', r"bad.jsonl:2: expected a JSON object, got list"),
     ],
 )
 def test_bad_lines_are_named(tmp_path, line, message):
@@ -62,3 +68,40 @@ def test_bad_lines_are_named(tmp_path, line, message):
     path.write_text('{"input": "ok", "outputs": ["1"]}\n' + line + "\n")
     with pytest.raises(TaskError, match=message):
         read_jsonl(path)
+
+
+def test_a_line_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"input": "ok", "outputs": ["1"]}\n{"input": "caf\xe9", "outputs": ["1"]}\n')
+    with pytest.raises(TaskError, match=r"latin1.jsonl:2: not UTF-8 text \(byte 0xe9 at column 15\)"):
+        read_jsonl(path)
+
+
+def _ruler_line(index, length, task=None):
+    line = {"index": index, "input": "The pass key is 12345. What is it?", "outputs": ["12345"], "length": length,
+            "length_w_model_temp": length + 10, "answer_prefix": " It is"}
+    return json.dumps({**line, "task": task} if task else line) + "\n"
+
+
+def test_rulers_layout_gives_the_task_its_budget_and_one_length(tmp_path):
+    # RULER writes <length>/data/<task>/validation.jsonl; each sample records its own token count
+    path = tmp_path / "4096" / "data" / "niah_single_1" / "validation.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(_ruler_line(i, n) for i, n in enumerate([3890, 3911, 3967])))
+    samples = read_jsonl(path)
+    assert {s.task for s in samples} == {"niah_single_1"}
+    assert {s.extra["max_length"] for s in samples} == {4096} and [s.length for s in samples] == [3890, 3911, 3967]
+    assert {s.extra["tokens_to_generate"] for s in samples} == {128}  # RULER's NIAH budget, not our 32
+    # outside that layout: the task from the folder, the length rounded up to a standard length
+    other = tmp_path / "vt" / "test.jsonl"
+    other.parent.mkdir()
+    other.write_text(_ruler_line(0, 1000) + _ruler_line(1, 1900) + _ruler_line(2, 3000, task="qa_1"))
+    a, b, c = read_jsonl(other)
+    assert (a.task, a.extra["max_length"], a.extra["tokens_to_generate"]) == ("vt", 1024, 30)
+    assert (b.extra["max_length"], c.task, c.extra["max_length"], c.extra["tokens_to_generate"]) == (2048, "qa_1", 4096, 32)
+    # a file of our own keeps what it says
+    mine = tmp_path / "validation.jsonl"
+    mine.write_text(json.dumps({"input": "x", "outputs": ["y"], "length": 500, "max_length": 512,
+                                "tokens_to_generate": 16, "task": "passkey"}) + "\n")
+    (s,) = read_jsonl(mine)
+    assert (s.task, s.extra["max_length"], s.extra["tokens_to_generate"]) == ("passkey", 512, 16)

@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 
 from hydrahead.tasks import TASKS, TaskError, generate, get_task, mqar_batch
-from hydrahead.tasks.words import is_held_out, random_key, word_pool
+from hydrahead.tasks.words import NOISE, is_held_out, random_key, word_pool
 
 
 def ntok(tokenizer, text):
@@ -92,7 +92,19 @@ def test_vt_outputs_follow_the_chain(tokenizer):
         while m := re.search(rf"VAR ([A-Z]+) = VAR {chain[-1]}\b", main):
             chain.append(m.group(1))
         assert chain == s.outputs
-        assert "5 variables are assgined the value" in s.answer_prefix
+        assert "5 variables are assigned the value" in s.answer_prefix
+
+
+def test_vt_follows_current_ruler_and_keeps_the_2024_layout_as_a_variant(tokenizer):
+    # RULER since May 2025: "assigned", one noise block or assignment per line, no space after a newline
+    s = generate("vt", tokenizer, 2048, 1, seed=0)[0]
+    assert "assgined" not in s.input + s.answer_prefix and "\n " not in s.input
+    main = s.input[s.input.rindex("Memorize and track"):]
+    lines = main.split("\n\n", 1)[1].split("\nQuestion:")[0].split("\n")
+    assert all(line == NOISE or re.fullmatch(r"VAR [A-Z]{5} = (\d{5}|VAR [A-Z]{5} )", line) for line in lines)
+    assert sum(line.startswith("VAR") for line in lines) == 5
+    old = generate("vt_ruler2024", tokenizer, 2048, 1, seed=0)[0]
+    assert "5 variables are assgined the value" in old.answer_prefix and "\n The grass" in old.input
 
 
 def test_cwe_and_fwe_answers_are_the_most_frequent_words(tokenizer):
@@ -103,6 +115,14 @@ def test_cwe_and_fwe_answers_are_the_most_frequent_words(tokenizer):
     s = generate("fwe", tokenizer, 1024, 1)[0]
     counts = Counter(s.input.split("\n")[0].split(" coded words. ")[1].split())
     assert [w for w, _ in counts.most_common(4)][1:] == s.outputs and counts.most_common(1)[0][0] == "..."
+
+
+@pytest.mark.parametrize("length", [512, 4096])
+def test_fwe_uses_rulers_six_letter_words_and_small_vocabulary(tokenizer, length):
+    s = generate("fwe", tokenizer, length, 1)[0]
+    words = set(s.input.split("\n")[0].split(" coded words. ")[1].split()) - {"..."}
+    assert all(re.fullmatch(r"[a-z]{6}", w) for w in words)
+    assert 3 <= len(words) <= max(10, length // 50) + 5  # RULER: max_seq_length // 50 words (was 2,000)
 
 
 def test_bad_input_is_named(tokenizer):

@@ -2,10 +2,12 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
+from hydrahead.cli import main
+from hydrahead.errors import HydraheadError
 from hydrahead.teacher import train as train_mod
-from hydrahead.teacher.train import TeacherConfig, TrainingDiverged, length_at, lr_at, train
+from hydrahead.teacher.train import TeacherConfig, TeacherError, TrainingDiverged, length_at, lr_at, train
 
 TINY = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
             native_length=256, tokens_per_batch=512, min_length=160, start_max_length=192, steps=6,
@@ -73,7 +75,7 @@ def test_corrupt_checkpoint_is_named(tmp_path):
     cfg = TeacherConfig(**{**TINY, "steps": 2})
     train(tmp_path, cfg, max_minutes=0, progress=False)
     (tmp_path / "training" / "checkpoint" / "model.safetensors").write_bytes(b"garbage")
-    with pytest.raises(RuntimeError, match="corrupt or incomplete"):
+    with pytest.raises(HydraheadError, match="corrupt or incomplete"):  # one line on the command line
         train(tmp_path, cfg, progress=False)
 
 
@@ -88,6 +90,56 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, monkeypatch):
         return (out[0] * float("nan"),) + out[1:] if calls["n"] == 4 else out
 
     monkeypatch.setattr(train_mod, "loss_fn", flaky)
-    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 3; the last good checkpoint is .*checkpoint"):
+    # the 4th loss is step 4 as the log counts it (from 1), after the checkpoint at step 2
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 4; the last good checkpoint is .*checkpoint "
+                                               r"\(step 2\): run again with a lower --lr and --change_on_resume lr"):
         train(tmp_path, cfg, progress=False)
     assert json.loads((tmp_path / "training" / "checkpoint" / "state.json").read_text())["step"] == 2
+    assert [json.loads(line)["step"] for line in (tmp_path / "training" / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
+    # resumed, the log goes back to the checkpoint's step before the steps run again
+    monkeypatch.setattr(train_mod, "loss_fn", real)
+    train(tmp_path, cfg, progress=False)
+    assert [json.loads(line)["step"] for line in (tmp_path / "training" / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_refuses_other_settings_unless_named(tmp_path):
+    cfg = TeacherConfig(**TINY)
+    assert train(tmp_path, cfg, max_minutes=0, progress=False) is None  # a checkpoint at step 1
+    with pytest.raises(TeacherError, match=r"made with num_layers=2, lr=0.002; this run has num_layers=3, lr=0.01; "
+                                           r"resume with the same settings, or use another out directory; lr may be "
+                                           r"changed on purpose with --change_on_resume lr$"):
+        train(tmp_path, TeacherConfig(**{**TINY, "lr": 1e-2, "num_layers": 3}), progress=False)
+    with pytest.raises(TeacherError, match=r"is at step 1, beyond this run's steps=0"):
+        train(tmp_path, TeacherConfig(**{**TINY, "steps": 0}), progress=False)
+    assert main(["teacher", "train", "--out", str(tmp_path), "--change_on_resume", "seed"]) == 2
+    train(tmp_path, TeacherConfig(**{**TINY, "lr": 1e-3, "eval_every": 500}), progress=False, change_on_resume={"lr"})
+    summary = json.loads((tmp_path / "training_summary.json").read_text())
+    assert summary["changed_on_resume"] == [{"step": 1, "changed": {"lr": [2e-3, 1e-3]}}]
+
+
+def test_diverged_weights_are_never_a_checkpoint_and_a_bad_one_is_refused(tmp_path, monkeypatch):
+    cfg = TeacherConfig(**{**TINY, "checkpoint_every": 1})
+    assert train(tmp_path, cfg, max_minutes=0, progress=False) is None
+    real_step = torch.optim.AdamW.step
+
+    def blown_up(self, *args, **kwargs):  # what a huge lr does: weights of 1e30, the loss still finite
+        out = real_step(self, *args, **kwargs)
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.fill_(1e30)
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", blown_up)
+    with pytest.raises(TrainingDiverged, match=r"weights after step 2 are unusable \(.* reaches 1e\+30, beyond 1e\+06\); "
+                                               r"no checkpoint was written; the last good checkpoint is .*\(step 1\)"):
+        train(tmp_path, cfg, progress=False)
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    ckpt = tmp_path / "training" / "checkpoint"
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 1
+    state = weights(ckpt)
+    name = sorted(state)[0]
+    state[name] = torch.full_like(state[name], float("inf"))
+    save_file(state, str(ckpt / "model.safetensors"))
+    with pytest.raises(TeacherError, match=f"checkpoint {ckpt} is unusable: {name} holds NaN or inf; delete it"):
+        train(tmp_path, cfg, progress=False)

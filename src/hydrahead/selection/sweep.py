@@ -6,7 +6,6 @@ Ctrl-C (or killed) resumes where it stopped when run again with the same setting
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..jsonfile import write_json_atomic
+from ..jsonfile import read_json, write_json_atomic
 from ..plan import ModelShape
 from .behaviours import SelectionError, get_behaviours
 from .heads import attention_modules
@@ -63,6 +62,17 @@ def partial_path(out: str | Path) -> Path:
     return out.with_name(out.stem + ".partial.json")
 
 
+def read_partial(path: Path) -> dict:
+    """The progress file of an interrupted sweep, or a clear error (a truncated one is not resumable)."""
+    try:
+        data = read_json(path, "partial scores file", SelectionError)
+    except SelectionError as e:
+        raise SelectionError(f"{e}; delete it to start the sweep over") from None
+    if not isinstance(data, dict):
+        raise SelectionError(f"{path} is not a partial scores file; delete it to start the sweep over")
+    return data
+
+
 class _Progress:
     """The partial file: what is done, written after every chunk of work."""
 
@@ -72,7 +82,7 @@ class _Progress:
         self.baselines: dict[str, list[float]] = {}
         self.retrieval: list | None = None
         if path is not None and path.is_file():
-            data = json.loads(path.read_text())
+            data = read_partial(path)
             if data.get("format") != PARTIAL_FORMAT or {k: data.get(k) for k in header} != header:
                 raise SelectionError(
                     f"{path} holds a sweep with other settings ({data.get('config')}); delete it, or rerun with "

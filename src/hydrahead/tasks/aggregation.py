@@ -76,14 +76,21 @@ class FrequentWords(Task):
     tokens_to_generate = 50
     min_size = 20
     alpha = 2.0
-    vocab_size = 2000
-    word_len = 3  # RULER uses 6 letters; with our small tokenizer 3 keeps each coded word a few tokens
+    word_len = 6  # RULER's coded_wordlen
+    # RULER's vocabulary is max_seq_length // 50 words (81 at 4k, 10 at 512). With the teacher's tokenizer a
+    # coded text averages about 2.5 tokens a word (most words are the noise "..."), so one vocabulary word per
+    # 20 words of text is RULER's count (84 at 4k), without passing the length to build()
+    words_per_vocab_word = 20
+    min_vocab = 10  # never fewer than RULER's 512-token vocabulary (the noise word and 3 answers among them)
+
+    def vocab_size(self, size: int) -> int:
+        return max(self.min_vocab, size // self.words_per_vocab_word)
 
     def build(self, rng: random.Random, size: int, depth: float | None = None, words: str = "all") -> Example:
         from scipy.special import zeta
 
         vocab: set[str] = set()
-        while len(vocab) < self.vocab_size:
+        while len(vocab) < self.vocab_size(size):
             vocab.add("".join(rng.choices(string.ascii_lowercase, k=self.word_len)))
         ordered = sorted(vocab)
         rng.shuffle(ordered)

@@ -188,7 +188,8 @@ def generate(
             if n <= length or used <= task.min_size:
                 break
             used = max(task.min_size, used - max(1, used // 50))
-        extra = {"max_length": length, "answer": example.answer}
+        # the budget goes into the file, so that a file read back is answered as it was fitted
+        extra = {"max_length": length, "answer": example.answer, "tokens_to_generate": task.tokens_to_generate}
         if example.needle_span is not None:
             extra["needle_span"] = list(example.needle_span)
         samples.append(

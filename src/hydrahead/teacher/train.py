@@ -18,13 +18,23 @@ from pathlib import Path
 
 import torch
 
+from ..errors import HydraheadError
+from ..resume import check_resume, nested_tensors, trim_log, weights_problem
 from .config import PRESETS, TeacherConfig  # noqa: F401  (kept importable from here)
 
 
 EVAL_TASKS = ("niah_single_1", "niah_multikey_1", "niah_multivalue", "vt")
+# settings a resumed run may change when asked by name (the optimizer and the schedule); the other fields
+# of TeacherConfig, but for these three, shape the model or its data and must match the checkpoint
+CHANGEABLE = ("steps", "lr", "min_lr_ratio", "warmup", "weight_decay", "answer_weight")
+FREE = ("checkpoint_every", "eval_every", "eval_samples")  # when to checkpoint and evaluate: change freely
 
 
-class TrainingDiverged(RuntimeError):
+class TeacherError(HydraheadError, RuntimeError):
+    """A teacher checkpoint that cannot be trusted, or one made with other settings."""
+
+
+class TrainingDiverged(TeacherError):
     pass
 
 
@@ -77,9 +87,21 @@ def loss_fn(logits, labels, answer_mask, answer_weight: float):
     return lm + answer_weight * answer, lm.detach(), answer.detach(), correct
 
 
+def _last_good(root: Path) -> str:
+    try:
+        step = json.loads((root / "checkpoint" / "state.json").read_text())["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "(none yet): run again with a lower --lr"
+    return f"{root / 'checkpoint'} (step {step}): run again with a lower --lr and --change_on_resume lr to go on from it"
+
+
 def _save_checkpoint(root: Path, model, optimizer, step: int, cfg: TeacherConfig, counters: dict) -> None:
     from safetensors.torch import save_file
 
+    problem = weights_problem(model.state_dict().items())
+    if problem:  # a diverged model is never a "last good checkpoint"
+        raise TrainingDiverged(f"the teacher's weights after step {step} are unusable ({problem}); no checkpoint was "
+                               f"written; the last good checkpoint is {_last_good(root)}")
     tmp = root / "checkpoint.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -97,20 +119,38 @@ def _save_checkpoint(root: Path, model, optimizer, step: int, cfg: TeacherConfig
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_checkpoint(root: Path, model, optimizer) -> tuple[int, dict]:
+def _load_checkpoint(root: Path, model, optimizer, cfg: TeacherConfig | None = None,
+                     allowed=()) -> tuple[int, dict]:
+    """Restore model and optimizer; returns the step and the counters (tokens seen, seconds, the settings
+    changed on resume). With `cfg`, a checkpoint made with other settings is refused (but for `allowed`)."""
     from safetensors.torch import load_file
 
     ckpt = root / "checkpoint"
     try:
         state = json.loads((ckpt / "state.json").read_text())
-        missing, unexpected = model.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=False)
+        step = int(state["step"])
+        weights = load_file(str(ckpt / "model.safetensors"))
+        optim = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure here means the checkpoint cannot be trusted
+        raise TeacherError(f"checkpoint {ckpt} is corrupt or incomplete ({e}); delete it to start over") from None
+    changes = {}
+    if cfg is not None:
+        fixed = [k for k in asdict(cfg) if k not in FREE and k not in CHANGEABLE]
+        changes = check_resume(ckpt, step, state.get("config", {}), asdict(cfg), fixed, CHANGEABLE, allowed,
+                               TeacherError)
+    problem = weights_problem(weights.items()) or weights_problem(nested_tensors(optim), limit=None)
+    if problem:  # written before checkpoints were checked, or damaged since
+        raise TeacherError(f"checkpoint {ckpt} is unusable: {problem}; delete it to start over")
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
         if unexpected or set(missing) - {"lm_head.weight"}:
             raise ValueError(f"missing {missing}, unexpected {unexpected}")
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+        optimizer.load_state_dict(optim)
     except Exception as e:  # noqa: BLE001 - any failure here means the checkpoint cannot be trusted
-        raise RuntimeError(f"checkpoint {ckpt} is corrupt or incomplete ({e}); delete it to start over") from None
+        raise TeacherError(f"checkpoint {ckpt} is corrupt or incomplete ({e}); delete it to start over") from None
     counters = {k: state.get(k, 0) for k in ("tokens_seen", "train_seconds")}
-    return int(state["step"]), counters
+    counters["changes"] = list(state.get("changes", [])) + ([{"step": step, "changed": changes}] if changes else [])
+    return step, counters
 
 
 def quick_eval(model, tokenizer, cfg: TeacherConfig, tasks=EVAL_TASKS, words: str = "all", length: int | None = None):
@@ -133,8 +173,10 @@ def quick_eval(model, tokenizer, cfg: TeacherConfig, tasks=EVAL_TASKS, words: st
     return scores
 
 
-def train(out_dir: str | os.PathLike, cfg: TeacherConfig, max_minutes: float | None = None, progress: bool = True):
-    """Train (or resume) the teacher in `out_dir`; the final HF directory is written there."""
+def train(out_dir: str | os.PathLike, cfg: TeacherConfig, max_minutes: float | None = None, progress: bool = True,
+          change_on_resume=()):
+    """Train (or resume) the teacher in `out_dir`; the final HF directory is written there. A checkpoint made
+    with other settings is refused, except for those named in `change_on_resume` (recorded in the summary)."""
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
@@ -158,10 +200,11 @@ def train(out_dir: str | os.PathLike, cfg: TeacherConfig, max_minutes: float | N
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(0.9, 0.95),
     )
-    counters = {"tokens_seen": 0, "train_seconds": 0.0}
+    counters = {"tokens_seen": 0, "train_seconds": 0.0, "changes": []}
     step = 0
     if (work / "checkpoint").exists():
-        step, counters = _load_checkpoint(work, model, optimizer)
+        step, counters = _load_checkpoint(work, model, optimizer, cfg, change_on_resume)
+    trim_log(work / "log.jsonl", step)  # the steps after the checkpoint (all, without one) run again
     (work / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     log = (work / "log.jsonl").open("a")
     started = time.time()
@@ -183,11 +226,9 @@ def train(out_dir: str | os.PathLike, cfg: TeacherConfig, max_minutes: float | N
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             logits = model(input_ids=ids).logits
         loss, lm, answer, acc = loss_fn(logits, labels, mask, cfg.answer_weight)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"loss is {loss.item()} at step {step}; the last good checkpoint is {work / 'checkpoint'} "
-                f"(lower --lr or resume from it)"
-            )
+        if not torch.isfinite(loss):  # step + 1: the log counts steps from 1
+            raise TrainingDiverged(f"loss is {loss.item()} at step {step + 1}; the last good checkpoint is "
+                                   f"{_last_good(work)}")
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -217,7 +258,8 @@ def train(out_dir: str | os.PathLike, cfg: TeacherConfig, max_minutes: float | N
             return None
     bar.close()
     summary = {"steps": step, "tokens_seen": counters["tokens_seen"], "train_minutes": round(counters["train_seconds"] / 60, 1),
-               "heldout_loss": round(heldout_loss(model, tokenizer, cfg), 4), "config": asdict(cfg)}
+               "heldout_loss": round(heldout_loss(model, tokenizer, cfg), 4), "config": asdict(cfg),
+               "changed_on_resume": counters["changes"]}
     export(out, model, tokenizer, cfg)
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2))
     (out / "README.md").write_text(model_card(model, summary, out))

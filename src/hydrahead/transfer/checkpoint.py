@@ -14,11 +14,24 @@ from pathlib import Path
 
 import torch
 
+from ..resume import check_resume, file_digest, model_digest, nested_tensors, trim_log, weights_problem
 from .config import TransferConfig, TransferError
 
 FORMAT = 2  # 2: full state dicts keyed by parameter name (1, before FSDP: the optimizer's own numbering)
 # what must not change between a run and its resumption, or the resumed run would train another model
+# on other data (teacher, plan and init are compared by contents)
 FIXED = ("stage", "teacher", "plan", "init", "seq_len", "batch_size", "seed", "mixture", "options")
+# the optimizer and its schedule (which depends on steps): a change is refused unless asked for by name
+CHANGEABLE = ("steps", "lr", "warmup", "min_lr_ratio", "weight_decay", "grad_clip", "kl_weight", "ce_weight",
+              "temperature")
+# micro_batch, parallel, checkpoint_every, max_minutes and out do not change what is trained
+
+
+def run_digests(config: TransferConfig) -> dict[str, str]:
+    """sha256 of the run's inputs by contents: the teacher, the plan file, the init hybrid."""
+    digests = {"teacher": model_digest(config.teacher), "plan": config.plan and file_digest(config.plan),
+               "init": config.init and model_digest(config.init)}
+    return {k: v for k, v in digests.items() if v}
 
 
 def has_checkpoint(work: Path) -> bool:
@@ -31,8 +44,11 @@ def _options(**kw):
     return StateDictOptions(full_state_dict=True, **kw)
 
 
-def save_checkpoint(work: Path, model, optimizer, step: int, config: TransferConfig, write: bool = True) -> None:
-    """Every process must call this (under FSDP gathering the weights is collective); only `write` writes."""
+def save_checkpoint(work: Path, model, optimizer, step: int, config: TransferConfig, write: bool = True,
+                    meta: dict | None = None) -> None:
+    """Every process must call this (under FSDP gathering the weights is collective); only `write` writes.
+    `meta` (the run's input digests, settings changed on resume) is kept in state.json. The caller checks
+    that the weights are finite first (`weights_problem`): a diverged model is never a checkpoint."""
     from safetensors.torch import save_file
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -50,7 +66,8 @@ def save_checkpoint(work: Path, model, optimizer, step: int, config: TransferCon
     tmp.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
     torch.save(optim, tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "format": FORMAT, "config": config.to_dict()}))
+    state = {"step": step, "format": FORMAT, "config": config.to_dict(), **(meta or {})}
+    (tmp / "state.json").write_text(json.dumps(state))
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         os.replace(final, old)
@@ -58,9 +75,19 @@ def save_checkpoint(work: Path, model, optimizer, step: int, config: TransferCon
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(work: Path, model, optimizer, config: TransferConfig, trim_log: bool = True) -> int:
+def checkpoint_step(work: Path) -> int | None:
+    """The step of the checkpoint in `work`, if there is a readable one."""
+    try:
+        return int(json.loads((Path(work) / "checkpoint" / "state.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def load_checkpoint(work: Path, model, optimizer, config: TransferConfig, trim: bool = True,
+                    digests: dict | None = None, allowed=()) -> tuple[int, list[dict]]:
     """Restore the model and optimizer in place (after any DDP / FSDP wrapping: every process reads the
-    full state and keeps its part); returns the step to continue from."""
+    full state and keeps its part); returns the step to continue from and the settings changed on resume
+    so far ([{"step": ..., "changed": {key: [old, new]}}]). `allowed`: settings that may differ on purpose."""
     from safetensors.torch import load_file
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
@@ -73,21 +100,25 @@ def load_checkpoint(work: Path, model, optimizer, config: TransferConfig, trim_l
     if state.get("format") != FORMAT:
         raise TransferError(f"checkpoint {ckpt} was written by an older hydrahead (format {state.get('format', 1)}, "
                             f"this one reads {FORMAT}); delete it to start the stage over")
-    changed = [k for k in FIXED if saved.get(k) != getattr(config, k)]
-    if changed:
-        k = changed[0]
-        raise TransferError(
-            f"the checkpoint in {ckpt} was made with {k}={saved.get(k)!r}, this run has {k}={getattr(config, k)!r}; "
-            "resume with the same settings, or use another out directory"
-        )
+    step = int(state["step"])
+    # contents, not paths: an edited plan is another run; the same plan by another path is not
+    changes = check_resume(ckpt, step, saved, config.to_dict(), FIXED, CHANGEABLE, allowed, TransferError,
+                           state.get("digests"), digests)
     try:
-        set_state_dict(model, optimizer, model_state_dict=load_file(str(ckpt / "model.safetensors")),
-                       optim_state_dict=torch.load(ckpt / "optimizer.pt", weights_only=True), options=_options())
+        weights = load_file(str(ckpt / "model.safetensors"))
+        optim = torch.load(ckpt / "optimizer.pt", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here means the checkpoint cannot be trusted
         raise TransferError(f"checkpoint {ckpt} is corrupt or incomplete ({e}); delete it to start over") from None
-    step = int(state["step"])
-    log = Path(work) / "log.jsonl"
-    if trim_log and log.is_file():  # steps logged after the checkpoint will be run again: drop them
-        rows = [line for line in log.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        log.write_text("".join(row + "\n" for row in rows))
-    return step
+    problem = weights_problem(weights.items()) or weights_problem(nested_tensors(optim), limit=None)
+    if problem:  # written before checkpoints were checked, or damaged since
+        raise TransferError(f"checkpoint {ckpt} is unusable: {problem}; delete it to start over")
+    try:
+        set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=optim, options=_options())
+    except Exception as e:  # noqa: BLE001 - any failure here means the checkpoint cannot be trusted
+        raise TransferError(f"checkpoint {ckpt} is corrupt or incomplete ({e}); delete it to start over") from None
+    if trim:  # steps logged after the checkpoint will run again: drop them
+        trim_log(Path(work) / "log.jsonl", step)
+    history = list(state.get("changes", []))
+    if changes:
+        history.append({"step": step, "changed": changes})
+    return step, history

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from ..resume import trim_log, weights_problem
+from .checkpoint import checkpoint_step, has_checkpoint, load_checkpoint, run_digests, save_checkpoint
 from .config import TransferConfig, TransferError
 from .data import packed_batch, shard
 from .stages import make_stage
@@ -87,6 +88,14 @@ class Distributed:
         if self.world > 1:
             torch.distributed.barrier()
 
+    def any(self, flag: bool) -> bool:
+        """True on every process if `flag` is on any (so that all of them stop together)."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([int(flag)], device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item())
+
     def close(self) -> None:
         if self.world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -116,9 +125,21 @@ def _models(config: TransferConfig, stage, device: str, with_teacher: bool = Tru
     return tokenizer, teacher, student
 
 
-def train_stage(config: TransferConfig, progress: bool = True) -> Path | None:
+def _last_good(work: Path) -> str:
+    step = checkpoint_step(work)
+    return f"{work / 'checkpoint'} (step {step})" if step is not None else "(none yet)"
+
+
+def _diverged(config: TransferConfig, work: Path, what: str) -> TransferError:
+    advice = ("run again with a lower --lr and --change_on_resume lr to go on from it" if has_checkpoint(work)
+              else "run again with a lower --lr")
+    return TransferError(f"{what}; the last good checkpoint is {_last_good(work)}: {advice}")
+
+
+def train_stage(config: TransferConfig, progress: bool = True, change_on_resume=()) -> Path | None:
     """Run (or resume) one stage in `config.out`; returns the trained hybrid's directory, or None if the
-    run stopped early (max_minutes) with a checkpoint to resume from."""
+    run stopped early (max_minutes) with a checkpoint to resume from. A checkpoint made with other settings
+    is refused, except for those named in `change_on_resume` (recorded in summary.json)."""
     from tqdm import tqdm
 
     from ..convert import save
@@ -141,9 +162,13 @@ def train_stage(config: TransferConfig, progress: bool = True) -> Path | None:
     model = dist.wrap(student, config.parallel)
     params = stage.trainable(student)  # after wrapping: FSDP replaces the parameters with sharded ones
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
-    step = 0
+    step, changes = 0, []
+    digests = run_digests(config)
     if has_checkpoint(work):
-        step = load_checkpoint(work, model, optimizer, config, trim_log=dist.main)
+        step, changes = load_checkpoint(work, model, optimizer, config, trim=dist.main, digests=digests,
+                                        allowed=change_on_resume)
+    elif dist.main:  # killed before its first checkpoint: those steps run again, so their log lines go
+        trim_log(work / "log.jsonl", 0)
     accumulate = config.batch_size // (config.micro_batch * dist.world)
     if dist.main:
         work.mkdir(parents=True, exist_ok=True)
@@ -163,11 +188,8 @@ def train_stage(config: TransferConfig, progress: bool = True) -> Path | None:
             for i in range(accumulate):
                 ids = batch[i * config.micro_batch : (i + 1) * config.micro_batch]
                 loss, metrics = stage.loss(model, teacher, ids)
-                if not torch.isfinite(loss):
-                    raise TransferError(
-                        f"the {config.stage} loss is {loss.item()} at step {step}; the last good checkpoint is "
-                        f"{work / 'checkpoint' if has_checkpoint(work) else '(none yet)'}: lower lr and resume from it"
-                    )
+                if not torch.isfinite(loss):  # step + 1: the log counts steps from 1
+                    raise _diverged(config, work, f"the {config.stage} loss is {loss.item()} at step {step + 1}")
                 (loss / accumulate).backward()
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v / accumulate
@@ -187,7 +209,12 @@ def train_stage(config: TransferConfig, progress: bool = True) -> Path | None:
                 bar.update(1)
             out_of_time = config.max_minutes is not None and time.time() - started > config.max_minutes * 60
             if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
-                save_checkpoint(work, model, optimizer, step, config, write=dist.main)
+                problem = weights_problem(student.named_parameters())
+                if dist.any(problem is not None):  # a diverged model is never a "last good checkpoint"
+                    raise _diverged(config, work, f"the {config.stage} weights after step {step} are unusable "
+                                                  f"({problem or 'on another process'}); no checkpoint was written")
+                save_checkpoint(work, model, optimizer, step, config, write=dist.main,
+                                meta={"digests": digests, "changes": changes})
                 dist.barrier()
             if out_of_time and step < config.steps:
                 if dist.main:
@@ -198,7 +225,7 @@ def train_stage(config: TransferConfig, progress: bool = True) -> Path | None:
             if dist.strategy(config.parallel) == "fsdp":  # the weights are sharded: save the gathered ones
                 student = _unsharded(config, stage, work)
             model_dir = save(student, out / "model", tokenizer)
-            _finish(work, out, config)
+            _finish(work, out, config, changes)
             return model_dir
         return out / "model"
     finally:
@@ -216,11 +243,13 @@ def _unsharded(config: TransferConfig, stage, work: Path):
     return student
 
 
-def _finish(work: Path, out: Path, config: TransferConfig) -> None:
+def _finish(work: Path, out: Path, config: TransferConfig, changes: list[dict]) -> None:
     from ..plots import plot_loss_log
 
     rows = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines() if line.strip()]
+    # `config` holds the settings of the last part of the run; `changed_on_resume`, where they changed
     summary = {"stage": config.stage, "steps": config.steps, "final_loss": rows[-1]["loss"] if rows else None,
-               "tokens": config.steps * config.batch_size * config.seq_len, "config": config.to_dict()}
+               "tokens": config.steps * config.batch_size * config.seq_len, "config": config.to_dict(),
+               "changed_on_resume": changes}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     plot_loss_log(work / "log.jsonl", out / "loss.png", title=f"stage {config.stage}")

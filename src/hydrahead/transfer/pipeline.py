@@ -50,11 +50,14 @@ def _log(message: str) -> None:
 
 
 def run_pipeline(cfg: PipelineConfig, results: str | Path = "results/pipeline", progress: bool = True) -> Path:
-    from ..evaluation import evaluate, new_results_dir
+    from ..atomic import final_of, new_results_dir
+    from ..evaluation import evaluate
+    from ..outputs import check_dir_writable
     from ..models import load_causal_lm, load_model
     from ..plots import plot_head_scores
     from ..selection import ScoreConfig, Scores, make_plan, score_heads
     started = time.perf_counter()
+    check_dir_writable(results, "--results")  # before hours of training, not after
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -87,19 +90,19 @@ def run_pipeline(cfg: PipelineConfig, results: str | Path = "results/pipeline", 
         evals[name] = timed(f"evaluate {name}", lambda m=model: evaluate(
             m, tokenizer, cfg.tasks, lengths, cfg.limit, cfg.seed, progress=progress))
 
-    folder = new_results_dir(results, "pipeline")
-    folder.mkdir(parents=True)
-    plot_head_scores(scores, folder / "head_scores.png", plan)
-    _plot_models(evals, folder / "accuracy_vs_length.png", native)
     stages = stage_summaries(out)
-    _plot_stages(stages, folder / "losses.png")
-    with (folder / "samples.jsonl").open("w") as f:  # every prediction, for what the report only samples
-        for name, result in evals.items():
-            for record in result.records:
-                f.write(json.dumps({"model": name, **record}, ensure_ascii=False) + "\n")
     report = _report(cfg, plan, evals, timings, native, stages, time.perf_counter() - started)
-    (folder / "report.md").write_text(report)
-    (folder / "metrics.json").write_text(json.dumps({k: v.to_json() for k, v in evals.items()}, indent=1))
+    with new_results_dir(results, "pipeline") as partial:  # all or nothing
+        plot_head_scores(scores, partial / "head_scores.png", plan)
+        _plot_models(evals, partial / "accuracy_vs_length.png", native)
+        _plot_stages(stages, partial / "losses.png")
+        with (partial / "samples.jsonl").open("w") as f:  # every prediction, for what the report only samples
+            for name, result in evals.items():
+                for record in result.records:
+                    f.write(json.dumps({"model": name, **record}, ensure_ascii=False) + "\n")
+        (partial / "report.md").write_text(report)
+        (partial / "metrics.json").write_text(json.dumps({k: v.to_json() for k, v in evals.items()}, indent=1))
+    folder = final_of(partial)
     print(report)
     _log(f"report: {folder / 'report.md'}")
     return folder
