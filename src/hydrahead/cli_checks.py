@@ -111,7 +111,12 @@ def check_eval(args) -> None:
     data_flags(args)
     positive("--limit", args.limit)
     positive("--batch_size", args.batch_size)
-    depths = numbers("--depths", args.depths, float, 0, 100) if args.depths else [None]
+    if args.depths:
+        from .tasks.base import parse_depths
+
+        depths = parse_depths(args.depths)
+    else:
+        depths = [None]
     existing_file(args.data, "--data")
     kv_flags(args)
     sparse(args)

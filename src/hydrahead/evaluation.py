@@ -13,7 +13,7 @@ from .errors import HydraheadError
 from .generation import greedy_generate
 from .selfcheck import check_cached_decoding
 from .tasks import Sample, generate, parse_tasks
-from .tasks.base import TASKS, parse_lengths
+from .tasks.base import TASKS, parse_depths, parse_lengths
 from .tasks.ruler import ruler_metric
 from .tasks.scoring import METRICS, postprocess_pred
 
@@ -59,19 +59,6 @@ class EvalResult:
             "overall": self.overall,
             "config": self.config,
         }
-
-
-def parse_depths(depths) -> list[float]:
-    """'0,50,100' -> [0.0, 50.0, 100.0]: needle depths in percent."""
-    items = [x for x in depths.split(",") if x.strip()] if isinstance(depths, str) else list(depths)
-    error = HydraheadError(f"--depths must be percentages in [0, 100], e.g. 0,50,100; got {depths!r}")
-    try:
-        out = [float(x) for x in items]
-    except (TypeError, ValueError):
-        raise error from None
-    if not out or any(not 0 <= d <= 100 for d in out):  # also NaN
-        raise error
-    return out
 
 
 def build_samples(tokenizer, tasks, lengths, limit: int, seed: int, depths=None) -> list[Sample]:

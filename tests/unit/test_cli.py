@@ -91,7 +91,7 @@ BAD = [
     (["eval", "--model", "TEACHER", "--tasks", "vt", "--lengths", "512,256"], "length 256 is too short for task 'vt'"),
     (["eval", "--model", "TEACHER", "--tasks", "vt", "--batch_size", "0"], "--batch_size must be positive"),
     (["eval", "--model", "TEACHER", "--tasks", "vt", "--limit", "-1"], "--limit must be positive"),
-    (["eval", "--model", "TEACHER", "--tasks", "vt", "--depths", "50,120"], "--depths takes comma-separated numbers"),
+    (["eval", "--model", "TEACHER", "--tasks", "vt", "--depths", "50,120"], "--depths must be percentages in [0, 100]"),
     (["eval", "--model", "TEACHER", "--tasks", "vt", "--kv-window", "8"], "--kv_window needs --kv_format"),
     (["eval", "--model", "TEACHER", "--tasks", "vt", "--budget", "8"], "--budget only applies with --sparse_decode"),
     (["eval", "--model", "TEACHER"], "give --tasks"),

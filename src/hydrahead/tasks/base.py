@@ -90,6 +90,19 @@ def parse_tasks(spec: str | list[str]) -> list[Task]:
     return [get_task(n) for n in names]
 
 
+def parse_depths(depths) -> list[float]:
+    """'0,50,100' -> [0.0, 50.0, 100.0]: needle depths in percent."""
+    items = [x for x in depths.split(",") if x.strip()] if isinstance(depths, str) else list(depths)
+    error = TaskError(f"--depths must be percentages in [0, 100], e.g. 0,50,100; got {depths!r}")
+    try:
+        out = [float(x) for x in items]
+    except (TypeError, ValueError):
+        raise error from None
+    if not out or any(not 0 <= d <= 100 for d in out):  # also NaN
+        raise error
+    return out
+
+
 def parse_lengths(lengths) -> list[int]:
     """Context lengths in tokens, from "512,1024" or a list; torch-free, so the CLI checks them at once."""
     if isinstance(lengths, str):
