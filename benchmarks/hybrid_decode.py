@@ -19,6 +19,8 @@ import time
 import torch
 from transformers import DynamicCache, Qwen3Config, Qwen3ForCausalLM
 
+from bound import bound_line, load_average, read_bandwidth, weight_bytes
+
 from hydrahead.attention import HybridOptions
 from hydrahead.compat import cache_arg
 from hydrahead.cache import HydraCache, cache_nbytes
@@ -109,6 +111,8 @@ def main():
     lengths = [int(x) for x in args.lengths.split(",")]
     config = qwen3_06b_like(args.layers)
     print(f"Qwen3-0.6B-like, {args.layers} of 28 layers, {args.dtype}, {torch.get_num_threads()} threads")
+    bandwidth = read_bandwidth()
+    print(bound_line(bandwidth))
     results = {}
     full = HeadPlan.full_attention(config)
     for name, plan in plans(config).items():
@@ -119,6 +123,7 @@ def main():
         for length in lengths:
             cache = filled_cache(model, plan, length, dtype)
             entry.setdefault("cache_bytes", {})[length] = cache_nbytes(cache)
+            entry.setdefault("step_bytes", {})[length] = weight_bytes(model) + cache_nbytes(cache)
             entry["decode_ms"][length] = decode_ms(model, cache, length, args.repeats)
             del cache
         if args.prefill:
@@ -128,21 +133,25 @@ def main():
         del model
     base = results["original"]
     header = ["model", "KV B/token/layer (bf16)", "GDN state (bf16)"]
-    header += [f"decode ms @{n // 1024}K (x)" for n in lengths]
+    header += [f"decode ms @{n // 1024}K (x; /bound)" for n in lengths]
     if args.prefill:
         header.append(f"prefill s @{args.prefill // 1024}K (x)")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for name, e in results.items():
         cells = [name, f"{e['kv_bytes_per_token_bf16'] / args.layers:,.0f}", f"{e['gdn_state_bytes_bf16'] / 1024 / args.layers:,.0f} KiB/layer"]
-        cells += [f"{e['decode_ms'][n]:.2f} ({base['decode_ms'][n] / e['decode_ms'][n]:.2f}x)" for n in lengths]
+        cells += [f"{e['decode_ms'][n]:.2f} ({base['decode_ms'][n] / e['decode_ms'][n]:.2f}x; "
+                  f"{e['decode_ms'][n] / (e['step_bytes'][n] / bandwidth * 1e3):.1f}x)" for n in lengths]
         if args.prefill:
             cells.append(f"{e['prefill_s']:.2f} ({base['prefill_s'] / e['prefill_s']:.2f}x)")
         print("| " + " | ".join(cells) + " |")
-    print("(x) = speed-up over the original model in the same run; KV bytes are per token per layer")
+    print("(x) = speed-up over the original model in the same run; /bound = time over the bytes the step must read "
+          "(weights + cache) at the bandwidth measured above; KV bytes are per token per layer")
+    print(bound_line(bandwidth) + " (after the run)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": results}, f, indent=1)
+            json.dump({"args": vars(args), "read_bandwidth": bandwidth, "load_average": load_average(),
+                       "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":

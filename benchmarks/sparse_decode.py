@@ -23,6 +23,8 @@ import time
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM, StaticCache
 
+from bound import bound_line, load_average, read_bandwidth, weight_bytes
+
 from hydrahead.compat import cache_arg
 from hydrahead.decoding import random_roles, sparse_decoding
 from hydrahead.decoding.roles import retrieval_count
@@ -89,6 +91,9 @@ def main():
           f"the same rule gives {n_full} of 224 = {n_full / 224:.0%} on all 28 layers)")
     torch.manual_seed(0)
     model = Qwen3ForCausalLM(config).to(dtype).eval()
+    bandwidth = read_bandwidth()
+    print(bound_line(bandwidth))
+    weights = weight_bytes(model)
     results = {}
     for length in lengths:
         cache = filled_cache(model, length, 2 * args.repeats + 2, dtype)
@@ -108,19 +113,25 @@ def main():
         read = state.stats.kv_bytes_read - read_before
         dense_bytes = kv_bytes_per_token(config, dtype) * (pos - 1)
         results[length] = {"dense_ms": statistics.median(dense) * 1e3, "sparse_ms": statistics.median(sparse) * 1e3,
-                           "kv_bytes_dense": dense_bytes, "kv_bytes_sparse": read}
+                           "kv_bytes_dense": dense_bytes, "kv_bytes_sparse": read,
+                           "dense_bound_ms": (weights + dense_bytes) / bandwidth * 1e3,
+                           "sparse_bound_ms": (weights + read) / bandwidth * 1e3}
         print(f"  {length}: done", flush=True)
         del cache
-    print("| context | dense ms/step | sparse ms/step | speed-up | KV read/step dense | sparse | share |")
+    print("| context | dense ms/step (/bound) | sparse ms/step (/bound) | speed-up | KV read/step dense | sparse | share |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for n, r in results.items():
-        print(f"| {n:,} | {r['dense_ms']:.1f} | {r['sparse_ms']:.1f} | {r['dense_ms'] / r['sparse_ms']:.2f}x | "
+        print(f"| {n:,} | {r['dense_ms']:.1f} ({r['dense_ms'] / r['dense_bound_ms']:.1f}x) | "
+              f"{r['sparse_ms']:.1f} ({r['sparse_ms'] / r['sparse_bound_ms']:.1f}x) | {r['dense_ms'] / r['sparse_ms']:.2f}x | "
               f"{r['kv_bytes_dense'] / 2**20:,.0f} MiB | {r['kv_bytes_sparse'] / 2**20:,.0f} MiB | "
               f"{r['kv_bytes_sparse'] / r['kv_bytes_dense']:.1%} |")
+    print("/bound = time over the weights plus the KV the step reads, at the read bandwidth measured above")
+    print(bound_line(bandwidth) + " (after the run)")
     print(f"(median of {args.repeats} steps each; KV bytes are those the attention reads, {args.dtype})")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "lengths": lengths, "retrieval_heads": n_ret, "results": results}, f, indent=1)
+            json.dump({"args": vars(args), "lengths": lengths, "retrieval_heads": n_ret, "read_bandwidth": bandwidth,
+                       "load_average": load_average(), "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":
