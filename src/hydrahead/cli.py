@@ -20,10 +20,10 @@ def _eval(args) -> int:
     from .models import load_model, load_tokenizer
     from .tasks import read_jsonl
 
-    cache_factory = _kv_factory(args)  # the arguments were checked by cli_checks.check_eval
-    from .decoding.cli import describe, sparse_config, sparse_context
+    _kv_checks(args)  # the other arguments were checked by cli_checks.check_eval
+    from .decoding.cli import describe, kv_line, setup_from_args
+    from .decoding.run import run_setup
 
-    sparse = sparse_config(args)
     depths = [float(d) for d in args.depths.split(",")] if args.depths else (list(DEFAULT_DEPTHS) if args.plot else None)
     tokenizer = load_tokenizer(args.model)  # samples are built (and bad input found) before the model loads
     if args.data is not None:
@@ -38,20 +38,24 @@ def _eval(args) -> int:
         config = {"tasks": args.tasks.split(","), "lengths": lengths, "limit": args.limit or 50, "seed": args.seed,
                   "depths": depths, "batch_size": args.batch_size}
     model = load_model(args.model)
+    setup = setup_from_args(model.config, args)
     config.update(model=str(args.model), native_length=getattr(model.config, "max_position_embeddings", None))
-    if cache_factory is not None:
-        config["kv_cache"] = cache_factory.describe()
-    if sparse is not None:
-        config["sparse_decode"] = {**sparse.to_dict(), "roles": args.roles}
-    with sparse_context(model, args, sparse) as state:
+    described = setup.describe()
+    if args.plan is not None:
+        config["plan"] = str(args.plan)
+    if described["kv_cache"] is not None:
+        config["kv_cache"] = described["kv_cache"]
+    if setup.sparse is not None:
+        config["sparse_decode"] = {**setup.sparse.to_dict(), "roles": args.roles or args.plan or "model plan"}
+    with run_setup(model, setup) as run:
         result = score_samples(model, tokenizer, samples, args.batch_size, progress=not args.quiet, metric=args.metric,
-                               cache_factory=cache_factory)
+                               cache_factory=run)
     result.config = config
     print(header_line(str(args.model), result))
-    if cache_factory is not None:
-        print(f"kv cache: {_kv_line(cache_factory.describe())}")
-    if sparse is not None:
-        print(describe(sparse, args, state))
+    if described["kv_cache"] is not None:
+        print(f"kv cache: {kv_line(described['kv_cache'])}")
+    if setup.sparse is not None:
+        print(describe(setup.sparse, args, run.state))
     print(result.table())
     first_task, per_length = next(iter(result.prefill_tokens_per_s.items()))  # all tasks are in metrics.json
     speed = ", ".join(f"{n}: {v:,.0f}" for n, v in sorted(per_length.items()))
@@ -99,34 +103,35 @@ def _generate(args) -> int:
     import torch
 
     from .cache import cache_nbytes
-    from .compat import cache_arg, output_cache
+    from .compat import output_cache
     from .convert import is_hybrid
     from .models import load_model, load_tokenizer
 
-    cache_factory = _kv_factory(args)  # the arguments were checked by cli_checks.check_generate
-    from .decoding.cli import describe, sparse_config, sparse_context
+    _kv_checks(args)  # the other arguments were checked by cli_checks.check_generate
+    from .decoding.cli import describe, kv_line, setup_from_args
+    from .decoding.run import run_setup
 
-    sparse = sparse_config(args)
     prompt = args.prompt if args.prompt is not None else _read_text(args.prompt_file)
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model)
+    setup = setup_from_args(model.config, args)
+    kv = setup.describe()["kv_cache"]
     ids = tokenizer(prompt, return_tensors="pt").input_ids
-    with torch.no_grad(), sparse_context(model, args, sparse) as state:
+    with torch.no_grad(), run_setup(model, setup) as run:
         start = time.perf_counter()
-        cache = cache_factory(model) if cache_factory is not None else None
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens,
                              do_sample=False, pad_token_id=tokenizer.pad_token_id, return_dict_in_generate=True,
-                             **cache_arg(cache))
+                             **run.cache_kwargs(model))
         seconds = time.perf_counter() - start
     new = out.sequences[0, ids.shape[1]:]
     print(tokenizer.decode(new, skip_special_tokens=True))
     kind = "hybrid" if is_hybrid(model) else "original"
     print(f"[{kind} model: {ids.shape[1]} prompt tokens, {len(new)} new tokens in {seconds:.2f} s; "
           f"cache {cache_nbytes(output_cache(out)) / 1024:.1f} KiB"
-          + (f"; kv cache {_kv_line(cache_factory.describe())}" if cache_factory is not None else "") + "]",
+          + (f"; kv cache {kv_line(kv)}" if kv is not None else "") + "]",
           file=sys.stderr)
-    if sparse is not None:
-        print(f"[{describe(sparse, args, state)}]", file=sys.stderr)
+    if setup.sparse is not None:
+        print(f"[{describe(setup.sparse, args, run.state)}]", file=sys.stderr)
     return 0
 
 
@@ -268,26 +273,24 @@ def _pipeline(args) -> int:
     return 0
 
 
-def _kv_factory(args):
-    """The quantized KV cache of --kv_format as a cache factory (None without it), checked before any model loads."""
-    sizes = {"window": args.kv_window, "sink": args.kv_sink, "block_size": args.kv_block}
-    if args.kv_format is None:  # cli_checks.kv_flags refused sizes without a format
-        return None
-    from .kv import KVCacheFactory
+def _kv_checks(args) -> None:
+    """--kv_format and the KV sizes, checked by hydrahead.kv (torch) before any model loads."""
+    from .kv.layer import check_sizes
+    from .kv.spec import canonical_spec
 
-    return KVCacheFactory(args.kv_format, **{name: value for name, value in sizes.items() if value is not None})
-
-
-def _kv_line(kv: dict) -> str:
-    return f"{kv['kv_format']} (sink {kv['sink']}, window {kv['window']}, block {kv['block_size']})"
+    if args.kv_format is not None:
+        canonical_spec(args.kv_format)
+    check_sizes(*(default if value is None else value
+                  for value, default in ((args.kv_window, 0), (args.kv_sink, 0), (args.kv_block, 64))))
 
 
 def _add_kv_args(parser) -> None:
     from .cli_help import flag
 
     group = parser.add_argument_group("quantized KV cache (UltraQuant)")
-    group.add_argument(*flag("kv_format"), help="KEYS:VALUES formats, e.g. tq4:int4, fp8, bf16, int4-token "
-                                                "(formats: bf16 fp8 int4 mxfp4 nvfp4 tq4; default: the model's own cache)")
+    group.add_argument(*flag("kv_format"), help="KEYS:VALUES formats of every KV head, e.g. tq4:int4, fp8, bf16, "
+                                                "int4-token (formats: bf16 fp8 int4 mxfp4 nvfp4 tq4; default: the "
+                                                "plan's kv_formats, else the model's own cache)")
     group.add_argument(*flag("kv_window"), type=int, help="recent tokens kept in high precision (default: 128)")
     group.add_argument(*flag("kv_sink"), type=int, help="first tokens kept in high precision (default: 4)")
     group.add_argument(*flag("kv_block"), type=int, help="tokens quantized together, a multiple of 32 (default: 64)")

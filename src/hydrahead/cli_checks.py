@@ -90,19 +90,14 @@ def numbers(flag: str, spec: str, kind=float, low=None, high=None) -> list:
     return values
 
 
-def kv_flags(args) -> None:
-    """--kv_window / --kv_sink / --kv_block only mean something with --kv_format. The format and the sizes
-    are checked by hydrahead.kv, which needs torch: later, still before the model loads."""
-    if getattr(args, "kv_format", None) is None:
-        for name in ("window", "sink", "block"):
-            if getattr(args, f"kv_{name}", None) is not None:
-                raise HydraheadError(f"--kv_{name} needs --kv_format")
+def decode_flags(args) -> None:
+    """--plan / --roles files, sparse settings without sparse decoding, KV sizes without KV formats. The formats
+    and sizes themselves are checked by hydrahead.kv, which needs torch: later, still before the model loads."""
+    from .decoding.cli import check_decode_flags
 
-
-def sparse(args) -> None:
-    from .decoding.cli import sparse_config
-
-    sparse_config(args)  # also reads the --roles plan
+    existing_file(args.plan, "--plan")
+    existing_file(args.roles, "--roles")
+    check_decode_flags(args)
 
 
 def check_eval(args) -> None:
@@ -112,8 +107,7 @@ def check_eval(args) -> None:
     positive("--batch_size", args.batch_size)
     depths = numbers("--depths", args.depths, float, 0, 100) if args.depths else [None]
     existing_file(args.data, "--data")
-    kv_flags(args)
-    sparse(args)
+    decode_flags(args)
     model_dir(args.model)
     if args.tasks is not None:
         from .tasks.base import parse_lengths
@@ -127,8 +121,7 @@ def check_generate(args) -> None:
         raise HydraheadError("give exactly one of --prompt TEXT or --prompt_file FILE")
     existing_file(args.prompt_file, "prompt file")
     positive("--max_new_tokens", args.max_new_tokens)
-    kv_flags(args)
-    sparse(args)
+    decode_flags(args)
     model_dir(args.model)
 
 

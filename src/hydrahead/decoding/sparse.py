@@ -53,8 +53,9 @@ def sparse_decoding(model, roles=None, budget: float | str = 4096, config: Spars
     """Sparse decoding on `model` inside the block; yields the `SparseState` (its `.stats` count KV bytes read).
 
     roles: a `HeadPlan` with decode roles, a plan file, a [layers][KV heads] list of "retrieval" / "sparse", or
-    None for the uniform rule (layer 0 and the middle layer retrieval). budget and the keyword `options`
-    (mode, sink, recent, block_size, dense_every, fallback) make the `SparseConfig` unless `config` is given.
+    None for the roles of the model's own plan (a hybrid's; any other model is refused, naming `hydrahead
+    roles`). budget and the keyword `options` (mode, sink, recent, block_size, dense_every, fallback, score)
+    make the `SparseConfig` unless `config` is given. Keys and values may come from a quantized cache.
     """
     config = config or SparseConfig(budget=budget, **options)
     table = resolve_roles(roles, model.config)
