@@ -203,14 +203,40 @@ def _plan(args) -> int:
 
         shape = ModelShape.of(AutoConfig.from_pretrained(check_model_dir(args.model), local_files_only=True))
     ratio = args.ratio or (None if args.kv_budget else "7:1")
-    plan = make_plan(shape, args.strategy, ratio, args.granularity, args.kv_budget, args.dtype, scores,
-                     args.per_layer, args.seed)
+    if args.kv_formats:
+        plan = _plan_with_formats(args, shape, scores)
+    else:
+        plan = make_plan(shape, args.strategy, ratio, args.granularity, args.kv_budget, args.dtype, scores,
+                         args.per_layer, args.seed)
     if args.scores:
         plan.meta["scores"] = str(args.scores)
     out = plan.save(args.out)
     print(plan.summary(args.dtype))
     print(f"wrote {out}")
     return 0
+
+
+def _plan_with_formats(args, shape, scores):
+    """FA heads, KV formats and decode roles chosen together under --kv_budget, with each format's error measured
+    on the model's own keys and values."""
+    from .decoding.config import parse_budget
+    from .models import load_model, load_tokenizer
+    from .plan import ModelShape
+    from .selection.kv_choice import measure_format_errors, plan_under_budget
+
+    specs = [s.strip() for s in args.kv_formats.split(",") if s.strip()]
+    model = load_model(args.model)
+    if ModelShape.of(model.config) != shape:
+        from .selection import SelectionError
+
+        raise SelectionError(f"{args.scores} scores a model with {shape.describe()}, not {args.model}")
+    errors = measure_format_errors(model, load_tokenizer(args.model), specs, seed=args.seed)
+    mean = errors.errors.mean(axis=(0, 1))
+    print("format error per KV head (relative MSE of keys + values, mean over heads): "
+          + ", ".join(f"{spec} {e:.4f}" for spec, e in zip(specs, mean)))
+    decode = {"budget": parse_budget(args.decode_budget)} if args.decode_budget is not None else None
+    return plan_under_budget(shape, scores, errors, args.kv_budget, args.granularity, args.max_error, args.roles_target,
+                             decode)
 
 
 def _ablate(args) -> int:
@@ -436,6 +462,15 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument(*flag("granularity"), default="query", choices=["query", "kv"],
                     help="units are query heads, or whole KV groups (which is what saves cache)")
     pl.add_argument(*flag("kv_budget"), type=int, help="KV cache bytes per token for the whole model")
+    pl.add_argument(*flag("kv_formats"), help="candidate KV formats, e.g. bf16,fp8,int4,tq4:int4: choose FA heads, a "
+                                              "format per KV head and decode roles together under --kv_budget "
+                                              "(needs --model, whose keys and values measure each format's error)")
+    pl.add_argument(*flag("max_error"), type=float, default=0.02,
+                    help="with --kv_formats: the largest relative MSE (keys + values) a head's base format may have")
+    pl.add_argument(*flag("roles_target"), type=float, default=0.1,
+                    help="with --kv_formats: share of the cached KV heads of layers 1.. that are retrieval heads")
+    pl.add_argument(*flag("decode_budget"), help="with --kv_formats: write sparse decoding settings with this budget "
+                                                 "(tokens or a share) into the plan (default: none, dense decoding)")
     pl.add_argument(*flag("dtype"), default="bfloat16", help="KV dtype for the budget and the summary")
     pl.add_argument(*flag("per_layer"), action="store_true", help="the same number of FA units in every layer")
     pl.add_argument(*flag("weights"), help="re-weight the behaviours of the fused ranking, e.g. retrieval=2 "

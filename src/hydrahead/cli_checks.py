@@ -144,10 +144,26 @@ def check_score(args) -> None:
 def check_plan(args) -> None:
     if args.scores is None and args.model is None:
         raise HydraheadError("give --scores FILE (from `hydrahead score`) or, for layerwise / random plans, --model DIR")
+    if args.kv_formats is not None:
+        if args.scores is None or args.model is None or args.kv_budget is None:
+            raise HydraheadError("--kv_formats chooses formats under --kv_budget from --scores and the --model's own "
+                                 "keys and values: give all three")
+        if args.ratio is not None or args.strategy != "interp" or args.per_layer:
+            raise HydraheadError("--kv_formats fills --kv_budget in the order of the fused scores: no --ratio, "
+                                 "--strategy or --per_layer")
+    elif any(v is not None for v in (args.decode_budget,)):
+        raise HydraheadError("--decode_budget only applies with --kv_formats")
+    if args.decode_budget is not None:
+        from .decoding.config import parse_budget
+
+        parse_budget(args.decode_budget)
+    if not 0 <= args.roles_target <= 1:
+        raise HydraheadError(f"--roles_target must be a share in [0, 1], got {args.roles_target}")
+    positive("--max_error", args.max_error)
     existing_file(args.scores, "--scores")
     ratio(args.ratio)
     positive("--kv_budget", args.kv_budget)
-    if args.scores is None:
+    if args.scores is None or args.kv_formats is not None:
         model_dir(args.model)
 
 

@@ -153,7 +153,8 @@ def run_roles(args) -> int:
         roles, meta["seed"] = R.random_roles(shape, args.target, args.seed), args.seed
     else:
         roles = R.uniform_roles(shape)
-    plan = base.with_roles(roles, **meta)
+    # the settings the roles were chosen for: `--plan` with this file decodes sparsely with no other flag
+    plan = base.with_roles(roles, **meta).with_decode(budget=budget)
     out = plan.save(args.out)
     print(plan.summary())
     print(f"{plan.num_retrieval} of {shape.num_layers * shape.num_kv_heads} KV heads retrieval; wrote {out}")
