@@ -204,6 +204,8 @@ def test_errors_name_the_problem():
         pass
     with pytest.raises(Exception, match="FA heads differ"), plan_decoding(hybrid, HeadPlan.full_attention(model.config)):
         pass
+    with pytest.raises(Exception, match="convert the model with it first"), plan_decoding(model, hybrid.head_plan):
+        pass
     with pytest.raises(DecodingError, match="budget only applies with sparse decoding"), plan_decoding(model, budget=8):
         pass
     with pytest.raises(DecodingError, match="need KV formats"), plan_decoding(model, kv_window=8):

@@ -61,6 +61,9 @@ def decode_setup(config, plan: HeadPlan | str | os.PathLike | None = None, *, ro
         if own is not None and plan.fa_heads != own.fa_heads:
             raise PlanError("the plan's FA heads differ from this hybrid's: a plan at decode time sets roles, KV formats "
                             "and decode settings; convert the model to change which heads run FA")
+        if own is None and plan.num_gdn:
+            raise PlanError(f"the plan turns {plan.num_gdn} heads into GDN heads: convert the model with it first "
+                            "(`hydrahead convert --plan`); a plain model decodes with every head FA")
     base = plan if plan is not None else own
     sizes = {k: v for k, v in (("sink", kv_sink), ("window", kv_window), ("block_size", kv_block)) if v is not None}
     if kv_format is not None or sizes:

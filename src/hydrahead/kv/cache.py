@@ -47,6 +47,8 @@ class QuantizedKVCache(Cache):
             _check_format(kv_format, window, sink, block_size, plan.shape.head_dim)
             plan = plan.with_kv_formats(kv_format, sink, window, block_size)
         _check_plan(plan, config)
+        if plan.num_gdn:
+            raise KVCacheError("a plain model caches every KV head: its plan must keep every head FA")
         self.plan = plan
         _describe_plan(self, plan)
         super().__init__(layers=plan_layers(plan))
