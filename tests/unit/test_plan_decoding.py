@@ -214,3 +214,29 @@ def test_errors_name_the_problem():
     with plan_decoding(model) as run:
         assert run(model) is None and run.state is None
     assert isinstance(plan_cache(model.config), DynamicCache)
+
+
+def test_a_hybrid_converted_with_a_full_plan_needs_nothing_else(tmp_path):
+    model = tiny(layers=3, seed=10)
+    plan = HeadPlan.from_config(model.config, [[1], [0, 2, 3], [2, 3]], "query").with_roles(ROLES) \
+        .with_kv_formats(FORMATS, sink=2, window=6, block_size=32).with_decode(budget=20, sink=2, recent=4)
+    hybrid = convert(copy.deepcopy(model), plan, HybridOptions(logscale_length=64))
+    from hydrahead.convert import load, save
+
+    hybrid = load(save(hybrid, tmp_path / "hybrid"))
+    assert hybrid.head_plan.to_dict() == plan.to_dict()
+    x = ids(2, 90, seed=10)
+    # plain generate(): the model's own cache stores every KV head in the plan's format
+    with torch.no_grad():
+        out = hybrid(x, use_cache=True)
+    cache = out[next(k for k in ("cache", "past_key_values") if k in out)]
+    assert type(cache.layers[1]).__name__ == "MixedKVLayer" and cache.layers[1].quantized_tokens == 64
+    tokens, logits = generate(hybrid, x)
+    with plan_decoding(hybrid, sparse=False) as run:
+        assert run.state is None
+        same_tokens, same_logits = generate(hybrid, x, **run.cache_kwargs(hybrid))
+    assert torch.equal(tokens, same_tokens) and (logits - same_logits).abs().max() < 1e-5
+    # plan_decoding with no argument: the plan's roles and decode settings too
+    with plan_decoding(hybrid) as run:
+        sparse_tokens, _ = generate(hybrid, x, **run.cache_kwargs(hybrid))
+    assert run.setup.sparse.budget == 20 and run.state.stats.read_fraction < 1.0

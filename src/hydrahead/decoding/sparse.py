@@ -5,9 +5,11 @@ a hydrahead hybrid, for as long as the `with` block lasts.
         model.generate(input_ids, max_new_tokens=64)
     print(state.stats.read_fraction)
 
-It switches the model's `attn_implementation` to the registered sparse function, tells each attention module
-its layer and its KV heads' roles, and resets the shared selections before every forward (a pre-hook). On
-exit everything is put back. Prefill stays dense; so does any forward of more than one token.
+It switches the model's `attn_implementation` to hydrahead's one attention function ("hydrahead", which also
+reads quantized KV caches, so roles and KV formats combine), tells each attention module its layer and its KV
+heads' roles, and resets the shared selections before every forward (a pre-hook). On exit everything is put
+back. Prefill stays dense; so does any forward of more than one token. `plan_decoding` (decoding/run.py) sets
+up roles, formats and settings from a head plan at once.
 """
 
 from __future__ import annotations
