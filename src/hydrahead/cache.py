@@ -117,14 +117,19 @@ class GDNState:
 
 class HydraCache(Cache):
     """One KV layer and one GDN state per decoder layer of a hydrahead model (`config.hydrahead` holds the
-    plan). `kv_layers` replaces the plain KV layers (a quantized KV cache passes its own); `reserve`
-    preallocates that many tokens per layer."""
+    plan). `kv_layers` replaces the plain KV layers (a quantized KV cache passes its own); without them, a
+    plan with `kv_formats` gets quantized layers in those formats (`hydrahead.kv.cache.plan_layers`), any
+    other plain ones. `reserve` preallocates that many tokens per plain layer."""
 
     def __init__(self, config, kv_layers: list | None = None, reserve: int | None = None):
         from .configuration import hybrid_spec
 
         plan, _ = hybrid_spec(config)
         n = plan.shape.num_layers
+        if kv_layers is None and plan.kv_formats is not None:
+            from .kv.cache import plan_layers
+
+            kv_layers = plan_layers(plan)
         layers = list(kv_layers) if kv_layers is not None else [KVLayer(reserve) for _ in range(n)]
         if len(layers) != n:
             raise CacheError(f"{len(layers)} KV layers for a model of {n} layers")

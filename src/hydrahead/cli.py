@@ -22,10 +22,10 @@ def _eval(args) -> int:
     from .selfcheck import check_cached_decoding
     from .tasks import read_jsonl
 
-    cache_factory = _kv_factory(args)  # the arguments were checked by cli_checks.check_eval
-    from .decoding.cli import describe, sparse_config, sparse_context
+    _kv_checks(args)  # the other arguments were checked by cli_checks.check_eval
+    from .decoding.cli import describe, kv_line, setup_from_args
+    from .decoding.run import run_setup
 
-    sparse = sparse_config(args)
     depths = parse_depths(args.depths) if args.depths else (list(DEFAULT_DEPTHS) if args.plot else None)
     tokenizer = load_tokenizer(args.model)  # samples are built (and bad input found) before the model loads
     if args.data is not None:
@@ -41,21 +41,25 @@ def _eval(args) -> int:
                   "depths": depths, "batch_size": args.batch_size}
     model = load_model(args.model)
     check_cached_decoding(model)  # a cache that is silently not used would make every score noise
+    setup = setup_from_args(model.config, args)
     config.update(model=str(args.model), native_length=getattr(model.config, "max_position_embeddings", None))
-    if cache_factory is not None:
-        config["kv_cache"] = cache_factory.describe()
-    if sparse is not None:
-        config["sparse_decode"] = {**sparse.to_dict(), "roles": args.roles}
-    with sparse_context(model, args, sparse) as state:
+    described = setup.describe()
+    if args.plan is not None:
+        config["plan"] = str(args.plan)
+    if described["kv_cache"] is not None:
+        config["kv_cache"] = described["kv_cache"]
+    if setup.sparse is not None:
+        config["sparse_decode"] = {**setup.sparse.to_dict(), "roles": args.roles or args.plan or "model plan"}
+    with run_setup(model, setup) as run:
         result = score_samples(model, tokenizer, samples, args.batch_size, progress=not args.quiet, metric=args.metric,
-                               cache_factory=cache_factory)
+                               cache_factory=run)
     result.config = config
     result.overall_column = args.data is not None  # a file is the unit: its score beside its lengths
     print(header_line(str(args.model), result))
-    if cache_factory is not None:
-        print(f"kv cache: {_kv_line(cache_factory.describe())}")
-    if sparse is not None:
-        print(describe(sparse, args, state))
+    if described["kv_cache"] is not None:
+        print(f"kv cache: {kv_line(described['kv_cache'])}")
+    if setup.sparse is not None:
+        print(describe(setup.sparse, args, run.state))
     print(result.table())
     first_task, per_length = next(iter(result.prefill_tokens_per_s.items()))  # all tasks are in metrics.json
     speed = ", ".join(f"{n}: {v:,.0f}" for n, v in sorted(per_length.items()))
@@ -107,39 +111,40 @@ def _generate(args) -> int:
     import torch
 
     from .cache import cache_nbytes
-    from .compat import cache_arg, output_cache
+    from .compat import output_cache
     from .convert import is_hybrid
     from .models import load_model, load_tokenizer
 
-    cache_factory = _kv_factory(args)  # the arguments were checked by cli_checks.check_generate
-    from .decoding.cli import describe, sparse_config, sparse_context
+    _kv_checks(args)  # the other arguments were checked by cli_checks.check_generate
+    from .decoding.cli import describe, kv_line, setup_from_args
+    from .decoding.run import run_setup
 
-    sparse = sparse_config(args)
     prompt = args.prompt if args.prompt is not None else _read_text(args.prompt_file)
     if not prompt.strip():
         raise HydraheadError("the prompt is empty" + (f" ({args.prompt_file})" if args.prompt_file else ""))
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model)
+    setup = setup_from_args(model.config, args)
+    kv = setup.describe()["kv_cache"]
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     if ids.shape[1] == 0:
         raise HydraheadError("the prompt has no tokens with this model's tokenizer")
     _warn_long_prompt(ids.shape[1], model.config)
-    with torch.no_grad(), sparse_context(model, args, sparse) as state:
+    with torch.no_grad(), run_setup(model, setup) as run:
         start = time.perf_counter()
-        cache = cache_factory(model) if cache_factory is not None else None
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens,
                              do_sample=False, pad_token_id=tokenizer.pad_token_id, return_dict_in_generate=True,
-                             **cache_arg(cache))
+                             **run.cache_kwargs(model))
         seconds = time.perf_counter() - start
     new = out.sequences[0, ids.shape[1]:]
     print(tokenizer.decode(new, skip_special_tokens=True))
     kind = "hybrid" if is_hybrid(model) else "original"
     print(f"[{kind} model: {ids.shape[1]} prompt tokens, {len(new)} new tokens in {seconds:.2f} s; "
           f"cache {cache_nbytes(output_cache(out)) / 1024:.1f} KiB"
-          + (f"; kv cache {_kv_line(cache_factory.describe())}" if cache_factory is not None else "") + "]",
+          + (f"; kv cache {kv_line(kv)}" if kv is not None else "") + "]",
           file=sys.stderr)
-    if sparse is not None:
-        print(f"[{describe(sparse, args, state)}]", file=sys.stderr)
+    if setup.sparse is not None:
+        print(f"[{describe(setup.sparse, args, run.state)}]", file=sys.stderr)
     return 0
 
 
@@ -214,14 +219,40 @@ def _plan(args) -> int:
 
         shape = ModelShape.of(AutoConfig.from_pretrained(check_model_dir(args.model), local_files_only=True))
     ratio = args.ratio or (None if args.kv_budget else "7:1")
-    plan = make_plan(shape, args.strategy, ratio, args.granularity, args.kv_budget, args.dtype, scores,
-                     args.per_layer, args.seed)
+    if args.kv_formats:
+        plan = _plan_with_formats(args, shape, scores)
+    else:
+        plan = make_plan(shape, args.strategy, ratio, args.granularity, args.kv_budget, args.dtype, scores,
+                         args.per_layer, args.seed)
     if args.scores:
         plan.meta["scores"] = str(args.scores)
     out = plan.save(args.out)
     print(plan.summary(args.dtype))
     print(f"wrote {out}")
     return 0
+
+
+def _plan_with_formats(args, shape, scores):
+    """FA heads, KV formats and decode roles chosen together under --kv_budget, with each format's error measured
+    on the model's own keys and values."""
+    from .decoding.config import parse_budget
+    from .models import load_model, load_tokenizer
+    from .plan import ModelShape
+    from .selection.kv_choice import measure_format_errors, plan_under_budget
+
+    specs = [s.strip() for s in args.kv_formats.split(",") if s.strip()]
+    model = load_model(args.model)
+    if ModelShape.of(model.config) != shape:
+        from .selection import SelectionError
+
+        raise SelectionError(f"{args.scores} scores a model with {shape.describe()}, not {args.model}")
+    errors = measure_format_errors(model, load_tokenizer(args.model), specs, seed=args.seed)
+    mean = errors.errors.mean(axis=(0, 1))
+    print("format error per KV head (relative MSE of keys + values, mean over heads): "
+          + ", ".join(f"{spec} {e:.4f}" for spec, e in zip(specs, mean)))
+    decode = {"budget": parse_budget(args.decode_budget)} if args.decode_budget is not None else None
+    return plan_under_budget(shape, scores, errors, args.kv_budget, args.granularity, args.max_error, args.roles_target,
+                             decode)
 
 
 def _ablate(args) -> int:
@@ -298,26 +329,24 @@ def _pipeline(args) -> int:
     return 0
 
 
-def _kv_factory(args):
-    """The quantized KV cache of --kv_format as a cache factory (None without it), checked before any model loads."""
-    sizes = {"window": args.kv_window, "sink": args.kv_sink, "block_size": args.kv_block}
-    if args.kv_format is None:  # cli_checks.kv_flags refused sizes without a format
-        return None
-    from .kv import KVCacheFactory
+def _kv_checks(args) -> None:
+    """--kv_format and the KV sizes, checked by hydrahead.kv (torch) before any model loads."""
+    from .kv.layer import check_sizes
+    from .kv.spec import canonical_spec
 
-    return KVCacheFactory(args.kv_format, **{name: value for name, value in sizes.items() if value is not None})
-
-
-def _kv_line(kv: dict) -> str:
-    return f"{kv['kv_format']} (sink {kv['sink']}, window {kv['window']}, block {kv['block_size']})"
+    if args.kv_format is not None:
+        canonical_spec(args.kv_format)
+    check_sizes(*(default if value is None else value
+                  for value, default in ((args.kv_window, 0), (args.kv_sink, 0), (args.kv_block, 64))))
 
 
 def _add_kv_args(parser) -> None:
     from .cli_help import flag
 
     group = parser.add_argument_group("quantized KV cache (UltraQuant)")
-    group.add_argument(*flag("kv_format"), help="KEYS:VALUES formats, e.g. tq4:int4, fp8, bf16, int4-token "
-                                                "(formats: bf16 fp8 int4 mxfp4 nvfp4 tq4; default: the model's own cache)")
+    group.add_argument(*flag("kv_format"), help="KEYS:VALUES formats of every KV head, e.g. tq4:int4, fp8, bf16, "
+                                                "int4-token (formats: bf16 fp8 int4 mxfp4 nvfp4 tq4; default: the "
+                                                "plan's kv_formats, else the model's own cache)")
     group.add_argument(*flag("kv_window"), type=int, help="recent tokens kept in high precision (default: 128)")
     group.add_argument(*flag("kv_sink"), type=int, help="first tokens kept in high precision (default: 4)")
     group.add_argument(*flag("kv_block"), type=int, help="tokens quantized together, a multiple of 32 (default: 64)")
@@ -481,6 +510,15 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument(*flag("granularity"), default="query", choices=["query", "kv"],
                     help="units are query heads, or whole KV groups (which is what saves cache)")
     pl.add_argument(*flag("kv_budget"), type=int, help="KV cache bytes per token for the whole model")
+    pl.add_argument(*flag("kv_formats"), help="candidate KV formats, e.g. bf16,fp8,int4,tq4:int4: choose FA heads, a "
+                                              "format per KV head and decode roles together under --kv_budget "
+                                              "(needs --model, whose keys and values measure each format's error)")
+    pl.add_argument(*flag("max_error"), type=float, default=0.02,
+                    help="with --kv_formats: the largest relative MSE (keys + values) a head's base format may have")
+    pl.add_argument(*flag("roles_target"), type=float, default=0.1,
+                    help="with --kv_formats: share of the cached KV heads of layers 1.. that are retrieval heads")
+    pl.add_argument(*flag("decode_budget"), help="with --kv_formats: write sparse decoding settings with this budget "
+                                                 "(tokens or a share) into the plan (default: none, dense decoding)")
     pl.add_argument(*flag("dtype"), default="bfloat16", help="KV dtype for the budget and the summary")
     pl.add_argument(*flag("per_layer"), action="store_true", help="the same number of FA units in every layer")
     pl.add_argument(*flag("weights"), help="re-weight the behaviours of the fused ranking, e.g. retrieval=2 "

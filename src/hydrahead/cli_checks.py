@@ -90,19 +90,14 @@ def numbers(flag: str, spec: str, kind=float, low=None, high=None) -> list:
     return values
 
 
-def kv_flags(args) -> None:
-    """--kv_window / --kv_sink / --kv_block only mean something with --kv_format. The format and the sizes
-    are checked by hydrahead.kv, which needs torch: later, still before the model loads."""
-    if getattr(args, "kv_format", None) is None:
-        for name in ("window", "sink", "block"):
-            if getattr(args, f"kv_{name}", None) is not None:
-                raise HydraheadError(f"--kv_{name} needs --kv_format")
+def decode_flags(args) -> None:
+    """--plan / --roles files, sparse settings without sparse decoding, KV sizes without KV formats. The formats
+    and sizes themselves are checked by hydrahead.kv, which needs torch: later, still before the model loads."""
+    from .decoding.cli import check_decode_flags
 
-
-def sparse(args) -> None:
-    from .decoding.cli import sparse_config
-
-    sparse_config(args)  # also reads the --roles plan
+    existing_file(args.plan, "--plan")
+    existing_file(args.roles, "--roles")
+    check_decode_flags(args)
 
 
 def check_eval(args) -> None:
@@ -118,8 +113,7 @@ def check_eval(args) -> None:
     else:
         depths = [None]
     existing_file(args.data, "--data")
-    kv_flags(args)
-    sparse(args)
+    decode_flags(args)
     model_dir(args.model)
     if args.tasks is not None:
         from .tasks.base import parse_lengths
@@ -147,8 +141,7 @@ def check_generate(args) -> None:
         raise HydraheadError("give exactly one of --prompt TEXT or --prompt_file FILE")
     existing_file(args.prompt_file, "prompt file")
     positive("--max_new_tokens", args.max_new_tokens)
-    kv_flags(args)
-    sparse(args)
+    decode_flags(args)
     model_dir(args.model)
 
 
@@ -174,13 +167,29 @@ def check_score(args) -> None:
 def check_plan(args) -> None:
     if args.scores is None and args.model is None:
         raise HydraheadError("give --scores FILE (from `hydrahead score`) or, for layerwise / random plans, --model DIR")
+    if args.kv_formats is not None:
+        if args.scores is None or args.model is None or args.kv_budget is None:
+            raise HydraheadError("--kv_formats chooses formats under --kv_budget from --scores and the --model's own "
+                                 "keys and values: give all three")
+        if args.ratio is not None or args.strategy != "interp" or args.per_layer:
+            raise HydraheadError("--kv_formats fills --kv_budget in the order of the fused scores: no --ratio, "
+                                 "--strategy or --per_layer")
+    elif any(v is not None for v in (args.decode_budget,)):
+        raise HydraheadError("--decode_budget only applies with --kv_formats")
+    if args.decode_budget is not None:
+        from .decoding.config import parse_budget
+
+        parse_budget(args.decode_budget)
+    if not 0 <= args.roles_target <= 1:
+        raise HydraheadError(f"--roles_target must be a share in [0, 1], got {args.roles_target}")
+    positive("--max_error", args.max_error)
     existing_file(args.scores, "--scores")
     from .outputs import check_file_writable
 
     check_file_writable(args.out, "--out", "plan.json")
     ratio(args.ratio)
     positive("--kv_budget", args.kv_budget)
-    if args.scores is None:
+    if args.scores is None or args.kv_formats is not None:
         model_dir(args.model)
 
 

@@ -1,8 +1,20 @@
-"""The head plan: for every layer, which query heads keep full attention (FA) and which run Gated DeltaNet.
+"""The head plan: for every layer, which query heads keep full attention (FA) and which run Gated DeltaNet;
+per KV head, its decode role and the formats its keys and values are stored in; and the decode settings.
 
 A plan is tied to a model shape (layers, query heads, KV heads, head_dim). Its KV cost follows GQA: a KV
 head is cached if any query head of its group runs FA. At `query` granularity heads are chosen one by
 one (as the paper does); at `kv` granularity whole KV groups are FA or GDN, which is what saves cache.
+
+Format `hydrahead.plan/2` adds `kv_formats` ([layer][KV head] "KEYS:VALUES" specs, `hydrahead.kv.spec`),
+`kv_sizes` (sink, window, block_size: one number, or a [layer][KV head] table) and `decode` (the sparse
+decoding settings, `SparseConfig`); `hydrahead.plan/1` files load as plans without them.
+
+Bytes. `kv_bytes(tokens, batch, dtype)` is exact: the bytes a cache built from the plan holds after
+`tokens` tokens (sink and window tokens in `dtype`, the model's; quantized blocks with every scale, norm
+and zero point; GDN states apart, `gdn_state_bytes`). `kv_bytes_per_token(dtype)` is the steady-state
+cost of one more token: one quantized block of every cached KV head / block_size, per-block scalars
+included (e.g. fp8's tensor scale adds 4 / block_size); without formats, every token in `dtype`. The
+sink and window are a fixed extra of up to sink + window + block_size - 1 tokens in `dtype` per head.
 """
 
 from __future__ import annotations
@@ -15,7 +27,9 @@ from pathlib import Path
 
 from .errors import HydraheadError
 
-FORMAT = "hydrahead.plan/1"
+FORMAT = "hydrahead.plan/2"
+READABLE_FORMATS = ("hydrahead.plan/1", FORMAT)
+KV_SIZE_DEFAULTS = {"sink": 4, "window": 128, "block_size": 64}  # as QuantizedKVCache's
 GRANULARITIES = ("query", "kv")
 GDN_STATE_BYTES_PER_VALUE = 4  # the recurrent state is kept in float32
 DECODE_ROLES = ("retrieval", "sparse")  # LycheeDecode: a KV head selects tokens at decode, or reuses them
@@ -68,16 +82,32 @@ class ModelShape:
         )
 
 
+@dataclass(frozen=True)
+class HeadKV:
+    """How one cached KV head is stored: a canonical "KEYS:VALUES" format spec, and the tokens kept in the
+    model's dtype at the start (sink) and end (window, plus up to block_size - 1 waiting to be quantized)."""
+
+    spec: str
+    sink: int
+    window: int
+    block_size: int
+
+
 @dataclass
 class HeadPlan:
     """Per layer, the sorted query-head indices that run FA; every other head runs GDN. Optionally, per
-    layer and KV head, the decode role of sparse decoding ("retrieval" or "sparse"; layer 0 retrieval)."""
+    layer and KV head: the decode role of sparse decoding ("retrieval" or "sparse"; layer 0 retrieval) and
+    the storage of keys and values (`kv_formats`, with `kv_sizes`); and the sparse decoding settings
+    (`decode`: budget, mode, sink, recent, block_size, dense_every, score)."""
 
     shape: ModelShape
     fa_heads: list[list[int]]
     granularity: str = "query"
     meta: dict = field(default_factory=dict)
     decode_roles: list[list[str]] | None = None
+    kv_formats: list[list[str]] | None = None
+    kv_sizes: dict | None = None
+    decode: dict | None = None
 
     def __post_init__(self):
         self.fa_heads = [sorted(int(h) for h in layer) for layer in self.fa_heads]
@@ -138,6 +168,74 @@ class HeadPlan:
                             f"all FA or all GDN, but only {sorted(group & set(heads))} are FA"
                         )
         self._validate_roles()
+        self._validate_kv()
+        self._validate_decode()
+
+    def _table(self, name: str, table, check) -> list[list]:
+        """A [layers][KV heads] table, each entry passed through `check(value, layer, kv)`."""
+        s = self.shape
+        if not isinstance(table, list) or len(table) != s.num_layers:
+            n = len(table) if isinstance(table, list) else type(table).__name__
+            raise PlanError(f"{name} lists {n} layers but the model has {s.num_layers}")
+        rows = []
+        for layer, per_kv in enumerate(table):
+            if not isinstance(per_kv, list) or len(per_kv) != s.num_kv_heads:
+                raise PlanError(f"{name} layer {layer}: expected one entry per KV head ({s.num_kv_heads}), got {per_kv!r}")
+            rows.append([check(value, layer, kv) for kv, value in enumerate(per_kv)])
+        return rows
+
+    def _validate_kv(self) -> None:
+        if self.kv_formats is None:
+            if self.kv_sizes:
+                raise PlanError("kv_sizes (sink, window, block_size) only apply with kv_formats")
+            return
+        from .kv import KVFormatError
+        from .kv.spec import canonical_spec, parse_cache_spec
+
+        built: dict[str, str] = {}
+
+        def spec(value, layer, kv):
+            if value not in built:
+                try:
+                    keys, values = parse_cache_spec(value)
+                    keys.build(self.shape.head_dim), values.build(self.shape.head_dim)
+                    built[value] = canonical_spec(value)
+                except KVFormatError as e:
+                    raise PlanError(f"kv_formats layer {layer}, KV head {kv}: {e}") from None
+            return built[value]
+
+        self.kv_formats = self._table("kv_formats", self.kv_formats, spec)
+        sizes = dict(self.kv_sizes or {})
+        unknown = sorted(set(sizes) - set(KV_SIZE_DEFAULTS))
+        if unknown:
+            raise PlanError(f"kv_sizes has no entry {unknown[0]!r}; it takes {', '.join(KV_SIZE_DEFAULTS)}")
+        for name, value in sizes.items():
+            if isinstance(value, list):
+                sizes[name] = self._table(f"kv_sizes.{name}", value, lambda v, layer, kv: v)
+        self.kv_sizes = sizes
+        from .kv.layer import KVCacheError, check_sizes
+
+        for layer in range(self.shape.num_layers):
+            for kv in range(self.shape.num_kv_heads):
+                head = self.head_kv(layer, kv)
+                try:
+                    check_sizes(head.window, head.sink, head.block_size)
+                except KVCacheError as e:
+                    raise PlanError(f"kv_sizes layer {layer}, KV head {kv}: {e}") from None
+
+    def _validate_decode(self) -> None:
+        if self.decode is None:
+            return
+        from .decoding.config import DecodingError, SparseConfig
+
+        try:
+            SparseConfig(**self.decode)
+        except TypeError:
+            known = ", ".join(SparseConfig.__dataclass_fields__)
+            raise PlanError(f"decode settings {sorted(self.decode)}: it takes {known}") from None
+        except DecodingError as e:
+            raise PlanError(f"decode settings: {e}") from None
+        self.decode = dict(self.decode)
 
     def _validate_roles(self) -> None:
         roles, s = self.decode_roles, self.shape
@@ -159,6 +257,46 @@ class HeadPlan:
         """A copy of this plan with decode roles ([L][KV] of "retrieval" / "sparse"; layer 0 retrieval)."""
         return replace(self, fa_heads=[list(h) for h in self.fa_heads], meta={**self.meta, **meta},
                        decode_roles=[list(layer) for layer in roles])
+
+    def with_kv_formats(self, formats, sink: int | list | None = None, window: int | list | None = None,
+                        block_size: int | list | None = None) -> HeadPlan:
+        """A copy whose KV heads store keys and values in `formats`: one "KEYS:VALUES" spec for every head, or
+        a [L][KV] table of them; sink, window and block_size (tokens, one number or a [L][KV] table) replace
+        the plan's where given."""
+        if isinstance(formats, str):
+            formats = [[formats] * self.shape.num_kv_heads for _ in range(self.shape.num_layers)]
+        sizes = {**(self.kv_sizes or {}),
+                 **{k: v for k, v in (("sink", sink), ("window", window), ("block_size", block_size)) if v is not None}}
+        return replace(self, fa_heads=[list(h) for h in self.fa_heads], meta=dict(self.meta),
+                       kv_formats=[list(layer) for layer in formats], kv_sizes=sizes)
+
+    def without_kv_formats(self) -> HeadPlan:
+        """A copy that keeps every cached KV head in the model's dtype (a plain cache)."""
+        return replace(self, fa_heads=[list(h) for h in self.fa_heads], meta=dict(self.meta), kv_formats=None,
+                       kv_sizes=None)
+
+    def with_decode(self, **settings) -> HeadPlan:
+        """A copy with sparse decoding settings (`SparseConfig` fields: budget, mode, sink, recent, ...)."""
+        return replace(self, fa_heads=[list(h) for h in self.fa_heads], meta=dict(self.meta),
+                       decode={**(self.decode or {}), **settings})
+
+    def head_kv(self, layer: int, kv_head: int) -> HeadKV:
+        """The storage of KV head `kv_head` of `layer` (a plan with kv_formats)."""
+        if self.kv_formats is None:
+            raise PlanError("this plan has no kv_formats: its KV heads are stored as the model computes them")
+        sizes = {}
+        for name, default in KV_SIZE_DEFAULTS.items():
+            value = (self.kv_sizes or {}).get(name, default)
+            sizes[name] = value[layer][kv_head] if isinstance(value, list) else value
+        return HeadKV(self.kv_formats[layer][kv_head], **sizes)
+
+    def kv_groups(self, layer: int) -> list[tuple[HeadKV, list[int]]]:
+        """The cached KV heads of `layer` grouped by identical storage: (storage, positions in `fa_kv_heads`),
+        in order of first appearance. A cache keeps each group in one quantized layer."""
+        groups: dict[HeadKV, list[int]] = {}
+        for position, kv in enumerate(self.fa_kv_heads(layer)):
+            groups.setdefault(self.head_kv(layer, kv), []).append(position)
+        return list(groups.items())
 
     @property
     def num_retrieval(self) -> int:
@@ -213,10 +351,28 @@ class HeadPlan:
         value = self.num_gdn / self.num_fa
         return f"{value:g}:1" if value == int(value) else f"{value:.2f}:1"
 
-    def kv_bytes_per_token(self, dtype="bfloat16") -> int:
-        """Bytes the FA heads add to the KV cache for every token (keys and values, all layers)."""
-        kv_heads = sum(len(self.fa_kv_heads(layer)) for layer in range(self.shape.num_layers))
-        return kv_heads * 2 * self.shape.head_dim * dtype_bytes(dtype)
+    @property
+    def num_cached_kv(self) -> int:
+        """KV heads the cache keeps, over all layers."""
+        return sum(len(self.fa_kv_heads(layer)) for layer in range(self.shape.num_layers))
+
+    def kv_bytes_per_token(self, dtype="bfloat16") -> int | float:
+        """Bytes the FA heads add to the KV cache for every token (keys and values, all layers): in `dtype`, or
+        with kv_formats the steady-state cost of their quantized blocks (exact, possibly fractional)."""
+        if self.kv_formats is not None:
+            from .kv.sizes import plan_bytes_per_token
+
+            return plan_bytes_per_token(self)
+        return self.num_cached_kv * 2 * self.shape.head_dim * dtype_bytes(dtype)
+
+    def kv_bytes(self, tokens: int, batch_size: int = 1, dtype="bfloat16") -> int:
+        """The exact bytes of keys and values a cache made from this plan holds after `tokens` tokens of a batch
+        (sink and window in `dtype`, the model's; GDN states not included)."""
+        if self.kv_formats is not None:
+            from .kv.sizes import plan_kv_bytes
+
+            return plan_kv_bytes(self, tokens, batch_size, dtype)
+        return tokens * batch_size * self.kv_bytes_per_token(dtype)
 
     def full_kv_bytes_per_token(self, dtype="bfloat16") -> int:
         """The same figure for the original model (every KV head cached)."""
@@ -240,17 +396,25 @@ class HeadPlan:
         return total * batch_size
 
     def summary(self, dtype="bfloat16") -> str:
+        per_token = self.kv_bytes_per_token(dtype)
+        stored = "quantized per head" if self.kv_formats is not None else dtype
+        full = self.full_kv_bytes_per_token(dtype)
         lines = [
             f"head plan for {self.shape.describe()}, granularity {self.granularity}",
             f"  {self.num_fa} FA / {self.num_gdn} GDN query heads (GDN:FA {self.ratio})",
-            f"  KV cache {self.kv_bytes_per_token(dtype)} B/token ({dtype}); original "
-            f"{self.full_kv_bytes_per_token(dtype)} B/token; GDN state {self.gdn_state_bytes(dtype=dtype)} B",
+            f"  KV cache {per_token:g} B/token ({stored}); original {full} B/token ({dtype}, "
+            f"{full / per_token if per_token else float('inf'):.1f}x); GDN state {self.gdn_state_bytes(dtype=dtype)} B",
         ]
+        if self.decode is not None:
+            lines.append(f"  sparse decoding: {', '.join(f'{k} {v}' for k, v in self.decode.items())}")
         for layer in range(self.shape.num_layers):
             kinds = "".join("F" if k == "fa" else "." for k in self.kinds(layer))
             roles = "".join(r[0].upper() for r in self.decode_roles[layer]) if self.decode_roles else ""
+            formats = ""
+            if self.kv_formats is not None and self.fa_kv_heads(layer):
+                formats = "  KV formats " + " ".join(self.kv_formats[layer][kv] for kv in self.fa_kv_heads(layer))
             lines.append(f"  layer {layer:3d}  {kinds}  FA heads {self.fa_heads[layer]}  cached KV {self.fa_kv_heads(layer)}"
-                         + (f"  decode roles {roles}" if roles else ""))
+                         + (f"  decode roles {roles}" if roles else "") + formats)
         return "\n".join(lines)
 
     # ---- JSON ---------------------------------------------------------------------------------
@@ -263,16 +427,19 @@ class HeadPlan:
             "fa_heads": self.fa_heads,
             "meta": self.meta,
             **({"decode_roles": self.decode_roles} if self.decode_roles is not None else {}),
+            **({"kv_formats": self.kv_formats} if self.kv_formats is not None else {}),
+            **({"kv_sizes": self.kv_sizes} if self.kv_sizes else {}),
+            **({"decode": self.decode} if self.decode is not None else {}),
         }
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "plan") -> HeadPlan:
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
+        if not isinstance(data, dict) or data.get("format") not in READABLE_FORMATS:
             raise PlanError(f"{source} is not a hydrahead head plan (expected \"format\": \"{FORMAT}\")")
         try:
             shape = ModelShape(**data["model"])
             return cls(shape, data["fa_heads"], data.get("granularity", "query"), data.get("meta", {}),
-                       data.get("decode_roles"))
+                       data.get("decode_roles"), data.get("kv_formats"), data.get("kv_sizes"), data.get("decode"))
         except (KeyError, TypeError) as e:
             raise PlanError(f"{source}: malformed head plan ({e!r})") from None
 
@@ -280,8 +447,8 @@ class HeadPlan:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(self.to_dict(), indent=1)
-        # one line per layer: collapse the innermost lists of head indices (and of decode roles)
-        text = re.sub(r'\[[-\d.,\s]*\]|\[(?:\s*"(?:retrieval|sparse)",?)+\s*\]', lambda m: json.dumps(json.loads(m.group(0))), text)
+        # one line per layer: collapse the innermost lists of head indices, decode roles and KV formats
+        text = re.sub(r'\[[-\d.,\s]*\]|\[(?:\s*"[^"\\]*",?)+\s*\]', lambda m: json.dumps(json.loads(m.group(0))), text)
         path.write_text(text + "\n")
         return path
 

@@ -287,7 +287,7 @@ def test_batch_with_left_padding_through_greedy_generate(model_dir):
     window, sink, block = 8, 2, 32
     factory = KVCacheFactory("tq4:int4", window=window, sink=sink, block_size=block)
     got, n_prefill, _ = greedy_generate(model, tok, prompts, 12, cache_factory=factory)
-    assert model.config._attn_implementation == "hydrahead_blockwise"
+    assert model.config._attn_implementation == "hydrahead"
     expected, _, _ = greedy_generate(model, tok, prompts, 12,
                                      cache_factory=lambda m: reference_cache(m, "tq4:int4", window, sink, block))
     assert got == expected and n_prefill == sum(lengths)

@@ -181,12 +181,32 @@ def test_block_mode_dense_correction_and_reading_less():
 
 def test_context_manager_restores_the_model_and_refuses_nesting():
     model = tiny()
-    with sparse_decoding(model, None, budget=16, recent=4):
+    with sparse_decoding(model, ROLES, budget=16, recent=4):
         assert model.config._attn_implementation == NAME
-        with pytest.raises(DecodingError, match="already on"), sparse_decoding(model, None, budget=16, recent=4):
+        with pytest.raises(DecodingError, match="already on"), sparse_decoding(model, ROLES, budget=16, recent=4):
             pass
     assert model.config._attn_implementation == "sdpa"
     assert not any(hasattr(m, SLOT) for m in model.modules())
+
+
+def test_without_roles_the_models_own_plan_or_a_refusal_naming_hydrahead_roles():
+    model = tiny(layers=3)
+    with pytest.raises(DecodingError, match="`hydrahead roles"), sparse_decoding(model, None, budget=16, recent=4):
+        pass
+    roles = [[R, R], [S, R], [S, S]]
+    plain = convert(copy.deepcopy(model), HeadPlan.full_attention(model.config), HybridOptions(fusion="concat"))
+    with pytest.raises(DecodingError, match="hybrid's plan has none.*`hydrahead roles"):
+        sparse_decoding(plain, None, budget=16, recent=4).__enter__()
+    hybrid = convert(copy.deepcopy(model), HeadPlan.full_attention(model.config).with_roles(roles),
+                     HybridOptions(fusion="concat"))
+    assert hybrid.head_plan.decode_roles == roles
+    ids, mask = batch()
+    with sparse_decoding(hybrid, None, budget=12, recent=4) as state:
+        tokens, logits = generate(hybrid, ids, mask)
+    assert state.sources == {(1, 0): 0, (2, 0): 0, (2, 1): 1}  # the plan's roles, not a uniform rule
+    with sparse_decoding(hybrid, roles, budget=12, recent=4):
+        again, again_logits = generate(hybrid, ids, mask)
+    assert torch.equal(tokens, again) and torch.equal(logits, again_logits)
 
 
 def test_hybrid_fa_heads_decode_sparsely():
@@ -264,19 +284,33 @@ def test_cli_generate_and_eval_with_sparse_decoding(tiny_model_dir, tmp_path, ca
     args = ["generate", "--model", str(tiny_model_dir), "--prompt", "The grass is green. " * 12, "--max_new_tokens", "4"]
     assert main(args + ["--sparse-decode", "--budget", "40", "--roles", str(tmp_path / "roles.json")]) == 0
     assert "sparse decode: budget 40" in capsys.readouterr().err
-    assert main(args + ["--sparse_decode", "--budget", "0.5", "--selection", "block"]) == 0
+    # no roles anywhere: refused, naming the command that learns them (no silent uniform rule)
+    assert main(args + ["--sparse_decode", "--budget", "0.5", "--selection", "block"]) == 2
+    assert "`hydrahead roles" in capsys.readouterr().err
     assert main(args + ["--sparse-decode", "--budget", "2"]) == 2
     assert "cannot hold the 4 sink and 32 recent" in capsys.readouterr().err
     assert main(args + ["--budget", "100"]) == 2
     assert "--budget only applies with --sparse_decode" in capsys.readouterr().err
-    assert main(args + ["--sparse-decode", "--kv-format", "int4"]) == 2
-    assert "does not combine with --kv_format" in capsys.readouterr().err
+    # roles and a 4-bit cache together
+    assert main(args + ["--sparse-decode", "--budget", "40", "--roles", str(tmp_path / "roles.json"), "--kv-format",
+                        "tq4", "--kv-window", "8", "--kv-block", "32", "--selection-score", "authors"]) == 0
+    err = capsys.readouterr().err
+    assert "kv cache tq4:tq4 (sink 4, window 8, block 32)" in err
+    assert "sparse decode: budget 40, token selection, authors score" in err
+    # a plan that carries roles, formats and decode settings needs no other flag
+    plan.with_kv_formats("fp8", window=8).with_decode(budget=40, recent=8).save(tmp_path / "all.json")
+    assert main(args + ["--plan", str(tmp_path / "all.json")]) == 0
+    err = capsys.readouterr().err
+    assert "kv cache fp8:fp8 (sink 4, window 8, block 64)" in err and "sparse decode: budget 40" in err
+    assert main(args + ["--plan", str(tmp_path / "all.json"), "--no-sparse-decode", "--budget", "50"]) == 2
+    assert "--budget only applies with --sparse_decode" in capsys.readouterr().err
     wrong = role_plan(ModelShape(3, 4, 2, 8), [[R, R], [S, R], [S, S]])
     wrong.save(tmp_path / "wrong.json")
     assert main(args + ["--sparse-decode", "--budget", "40", "--roles", str(tmp_path / "wrong.json")]) == 2
     assert "the plan is for a model with 3 layers" in capsys.readouterr().err
     code = main(["eval", "--model", str(tiny_model_dir), "--tasks", "niah_single_1", "--limit", "2", "--quiet",
-                 "--sparse-decode", "--budget", "64", "--output_path", str(tmp_path / "results")])
+                 "--sparse-decode", "--budget", "64", "--roles", str(tmp_path / "roles.json"),
+                 "--output_path", str(tmp_path / "results")])
     assert code == 0
     config = json.loads(next((tmp_path / "results").glob("*/config.json")).read_text())
     assert config["sparse_decode"]["budget"] == 64

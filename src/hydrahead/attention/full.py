@@ -63,6 +63,9 @@ class FABranch(nn.Module):
             index = torch.as_tensor(self.kv_index, device=k.device)
             k, v = k.index_select(1, index), v.index_select(1, index)
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        if not isinstance(k, torch.Tensor):
+            # a quantized cache's view (the plan's kv_formats): hydrahead's attention is the one that reads it
+            from ..decoding.attention import hydrahead_attention_forward as attention
         out, _ = attention(
             self, q, k, v, attention_mask,
             dropout=self.attention_dropout if self.training else 0.0,

@@ -3,6 +3,10 @@ sparse KV heads reuse the selection of the nearest lower retrieval head with the
 
 # imported on first use, so that the command line's parser (decoding.cli) loads neither torch nor transformers
 _LAZY = {
+    "DecodeSetup": "run",
+    "PlanRun": "run",
+    "decode_setup": "run",
+    "plan_decoding": "run",
     "DecodingError": "config",
     "SparseConfig": "config",
     "parse_budget": "config",
@@ -27,12 +31,16 @@ __getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [
+    "DecodeSetup",
     "DecodeStats",
     "DecodingError",
     "RoleTrainingConfig",
     "SparseConfig",
     "SparseState",
+    "PlanRun",
+    "decode_setup",
     "parse_budget",
+    "plan_decoding",
     "random_roles",
     "resolve_roles",
     "role_plan",

@@ -1,66 +1,100 @@
-"""The command-line side of sparse decoding: the `--sparse_decode` options of `eval` / `generate`, and
-`hydrahead roles` (decode roles learned with gates, or from scores, at random, or by the uniform rule)."""
+"""The command-line side of decoding with a head plan: the `--plan` and sparse-decoding options of `eval` /
+`generate`, and `hydrahead roles` (decode roles learned with gates, or from scores, at random, or by the
+uniform rule)."""
 
 from __future__ import annotations
 
-import contextlib
+import argparse
+import json
 import sys
+from pathlib import Path
 
+from ..errors import HydraheadError
 from .config import DecodingError, SparseConfig
 
 ROLE_METHODS = ("hardkuma", "l1", "scores", "random", "uniform")
+SPARSE_FLAGS = (("budget", "budget"), ("selection", "mode"), ("selection_score", "score"), ("sink", "sink"),
+                ("recent", "recent"), ("dense_every", "dense_every"))  # flag -> SparseConfig field
 
 
 def add_sparse_args(parser) -> None:
     from ..cli_help import flag
 
-    group = parser.add_argument_group("sparse decoding (LycheeDecode)")
-    group.add_argument(*flag("sparse_decode"), action="store_true",
-                       help="decode with retrieval heads selecting tokens and sparse heads reusing them")
+    group = parser.add_argument_group("head plan and sparse decoding (LycheeDecode)")
+    group.add_argument(*flag("plan"), help="a head plan JSON whose decode roles, KV formats and decode settings apply "
+                                           "(default: a hybrid's own plan); the flags below override it")
+    group.add_argument(*flag("sparse_decode"), action=argparse.BooleanOptionalAction, default=None,
+                       help="decode with retrieval heads selecting tokens and sparse heads reusing them (default: on "
+                            "when the plan has decode settings)")
     group.add_argument(*flag("budget"), help="tokens per sparse head and step: a count or a share of the context "
-                                             "(0.1) (default: 4096)")
-    group.add_argument(*flag("roles"), help="a plan JSON with decode roles (`hydrahead roles`) (default: layer 0 and "
-                                            "the middle layer retrieval)")
-    group.add_argument(*flag("selection"), choices=["token", "block"], default="token",
-                       help="top-k tokens or blocks of 64")
-    group.add_argument(*flag("sink"), type=int, default=4, help="first tokens every selection keeps")
-    group.add_argument(*flag("recent"), type=int, default=32, help="last tokens every selection keeps")
+                                             "(0.1) (default: the plan's, else 4096)")
+    group.add_argument(*flag("roles"), help="a plan JSON whose decode roles replace the plan's (`hydrahead roles`)")
+    group.add_argument(*flag("selection"), choices=["token", "block"], help="top-k tokens or blocks of 64 (default: token)")
+    group.add_argument(*flag("selection_score"), choices=["attention", "authors"],
+                       help="how retrieval heads rank tokens: softmax attention summed over the GQA group, or "
+                            "LycheeDecode's code: the group's mean query . each key, raw (default: attention)")
+    group.add_argument(*flag("sink"), type=int, help="first tokens every selection keeps (default: 4)")
+    group.add_argument(*flag("recent"), type=int, help="last tokens every selection keeps (default: 32)")
     group.add_argument(*flag("dense_every"), type=int, help="a dense correction step every N tokens (default: never)")
 
 
-def sparse_config(args) -> SparseConfig | None:
-    """The checked settings (before any model is loaded), or None without --sparse_decode."""
-    if not args.sparse_decode:
-        used = [flag for flag, value in (("--budget", args.budget), ("--roles", args.roles), ("--dense_every", args.dense_every))
-                if value is not None]
-        if used:
-            raise DecodingError(f"{used[0]} only applies with --sparse_decode")
+def _plan_json(path) -> dict:
+    """A plan file's JSON, read without building the plan (which needs torch for KV formats)."""
+    from ..jsonfile import read_json
+    from ..plan import PlanError
+
+    return read_json(path, "plan file", PlanError)
+
+
+def _model_plan_json(model_dir) -> dict | None:
+    """The head plan in a hybrid directory's config.json, or None (checked properly when the model loads)."""
+    try:
+        raw = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
         return None
-    if getattr(args, "kv_format", None):
-        raise DecodingError("--sparse_decode does not combine with --kv_format yet: it gathers from a plain KV cache")
-    config = SparseConfig(args.budget if args.budget is not None else 4096, args.selection, sink=args.sink,
-                          recent=args.recent, dense_every=args.dense_every)
-    if args.roles is not None:
-        from ..plan import HeadPlan
-
-        if HeadPlan.load(args.roles).decode_roles is None:
-            raise DecodingError(f"{args.roles} has no decode roles; make a plan with `hydrahead roles`")
-    return config
+    return ((raw.get("hydrahead") or {}).get("plan")) if isinstance(raw, dict) else None
 
 
-def sparse_context(model, args, config: SparseConfig | None):
-    """A `sparse_decoding` block for the model, or a no-op without --sparse_decode."""
-    if config is None:
-        return contextlib.nullcontext(None)
-    from .sparse import sparse_decoding
+def check_decode_flags(args) -> None:
+    """Flags that cannot mean anything, found before torch is imported: sparse settings with sparse decoding off,
+    KV sizes without KV formats, a --roles plan without roles."""
+    plan = _plan_json(args.plan) if args.plan is not None else _model_plan_json(args.model)
+    plan = plan if isinstance(plan, dict) else {}
+    used = [f"--{name}" for name, _ in SPARSE_FLAGS if getattr(args, name) is not None]
+    used += ["--roles"] if args.roles is not None else []
+    if used and not args.sparse_decode and (args.sparse_decode is False or plan.get("decode") is None):
+        raise DecodingError(f"{used[0]} only applies with --sparse_decode (or a plan with decode settings)")
+    if getattr(args, "kv_format", None) is None and not plan.get("kv_formats"):
+        for name in ("window", "sink", "block"):
+            if getattr(args, f"kv_{name}", None) is not None:
+                raise HydraheadError(f"--kv_{name} needs --kv_format (or a plan with kv_formats)")
+    if args.roles is not None and "decode_roles" not in _plan_json(args.roles):
+        raise DecodingError(f"{args.roles} has no decode roles; make a plan with `hydrahead roles`")
+    if args.sparse_decode is not False and (args.sparse_decode or plan.get("decode") is not None):
+        settings = {field: getattr(args, name) for name, field in SPARSE_FLAGS if getattr(args, name) is not None}
+        SparseConfig(**{**(plan.get("decode") or {}), **settings})  # a budget that cannot hold sink + recent, ...
 
-    return sparse_decoding(model, args.roles, config=config)
+
+def setup_from_args(config, args):
+    """The `DecodeSetup` of the command's flags for a model of `config` (see `decode_setup`)."""
+    from .run import decode_setup
+
+    return decode_setup(config, args.plan, roles=args.roles, sparse=args.sparse_decode, kv_format=args.kv_format,
+                        kv_window=args.kv_window, kv_sink=args.kv_sink, kv_block=args.kv_block,
+                        **{field: getattr(args, name) for name, field in SPARSE_FLAGS})
+
+
+def kv_line(kv: dict) -> str:
+    if kv["kv_format"] == "per head":
+        return f"per head ({', '.join(kv['formats'])}; {kv['bytes_per_token']:g} B/token)"
+    return f"{kv['kv_format']} (sink {kv['sink']}, window {kv['window']}, block {kv['block_size']})"
 
 
 def describe(config: SparseConfig, args, state) -> str:
-    roles = args.roles or "uniform rule (layer 0 + middle layer retrieval)"
+    roles = args.roles or args.plan or "the model's plan"
     read = f"; KV read per decode step {100 * state.stats.read_fraction:.1f}% of dense" if state and state.stats.steps else ""
-    return f"sparse decode: budget {config.budget}, {config.mode} selection, roles {roles}{read}"
+    return (f"sparse decode: budget {config.budget}, {config.mode} selection, {config.score} score, roles {roles}"
+            + read)
 
 
 def add_roles_parser(sub) -> None:
@@ -119,7 +153,8 @@ def run_roles(args) -> int:
         roles, meta["seed"] = R.random_roles(shape, args.target, args.seed), args.seed
     else:
         roles = R.uniform_roles(shape)
-    plan = base.with_roles(roles, **meta)
+    # the settings the roles were chosen for: `--plan` with this file decodes sparsely with no other flag
+    plan = base.with_roles(roles, **meta).with_decode(budget=budget)
     out = plan.save(args.out)
     print(plan.summary())
     print(f"{plan.num_retrieval} of {shape.num_layers * shape.num_kv_heads} KV heads retrieval; wrote {out}")

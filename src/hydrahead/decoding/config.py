@@ -9,6 +9,9 @@ from dataclasses import asdict, dataclass
 from ..errors import HydraheadError
 
 MODES = ("token", "block")
+# how a retrieval head ranks tokens: the softmax attention of its query heads, summed over the GQA group; or as
+# LycheeDecode's released code does, the group's mean query dotted with each key (raw logits, unscaled)
+SCORES = ("attention", "authors")
 
 
 class DecodingError(HydraheadError):
@@ -46,6 +49,8 @@ class SparseConfig:
     mode: "token" (top-k tokens) or "block" (top blocks of `block_size` tokens, cheaper to gather on GPUs).
     dense_every: every N-th decode step runs dense in every head (a cache correction), None for never.
     fallback: attend densely when the budget covers the whole context (off only to test the sparse path).
+    score: how retrieval heads rank tokens, "attention" (softmax mass summed over the GQA group) or "authors"
+    (the group's mean query . each key, no 1/sqrt(d), no softmax, the current token included).
     """
 
     budget: int | float = 4096
@@ -55,11 +60,14 @@ class SparseConfig:
     recent: int = 32
     dense_every: int | None = None
     fallback: bool = True
+    score: str = "attention"
 
     def __post_init__(self):
         object.__setattr__(self, "budget", parse_budget(self.budget))
         if self.mode not in MODES:
             raise DecodingError(f"selection mode must be one of {MODES}, not {self.mode!r}")
+        if self.score not in SCORES:
+            raise DecodingError(f"selection score must be one of {SCORES}, not {self.score!r}")
         if self.block_size < 1 or self.sink < 0 or self.recent < 0:
             raise DecodingError(f"block_size must be >= 1 and sink, recent >= 0 (got {self.block_size}, {self.sink}, {self.recent})")
         if self.dense_every is not None and self.dense_every < 1:

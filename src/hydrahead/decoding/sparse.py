@@ -5,9 +5,11 @@ a hydrahead hybrid, for as long as the `with` block lasts.
         model.generate(input_ids, max_new_tokens=64)
     print(state.stats.read_fraction)
 
-It switches the model's `attn_implementation` to the registered sparse function, tells each attention module
-its layer and its KV heads' roles, and resets the shared selections before every forward (a pre-hook). On
-exit everything is put back. Prefill stays dense; so does any forward of more than one token.
+It switches the model's `attn_implementation` to hydrahead's one attention function ("hydrahead", which also
+reads quantized KV caches, so roles and KV formats combine), tells each attention module its layer and its KV
+heads' roles, and resets the shared selections before every forward (a pre-hook). On exit everything is put
+back. Prefill stays dense; so does any forward of more than one token. `plan_decoding` (decoding/run.py) sets
+up roles, formats and settings from a head plan at once.
 """
 
 from __future__ import annotations
@@ -53,8 +55,9 @@ def sparse_decoding(model, roles=None, budget: float | str = 4096, config: Spars
     """Sparse decoding on `model` inside the block; yields the `SparseState` (its `.stats` count KV bytes read).
 
     roles: a `HeadPlan` with decode roles, a plan file, a [layers][KV heads] list of "retrieval" / "sparse", or
-    None for the uniform rule (layer 0 and the middle layer retrieval). budget and the keyword `options`
-    (mode, sink, recent, block_size, dense_every, fallback) make the `SparseConfig` unless `config` is given.
+    None for the roles of the model's own plan (a hybrid's; any other model is refused, naming `hydrahead
+    roles`). budget and the keyword `options` (mode, sink, recent, block_size, dense_every, fallback, score)
+    make the `SparseConfig` unless `config` is given. Keys and values may come from a quantized cache.
     """
     config = config or SparseConfig(budget=budget, **options)
     table = resolve_roles(roles, model.config)

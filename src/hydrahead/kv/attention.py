@@ -1,9 +1,13 @@
 """Attention over a quantized KV cache, one block at a time with an online softmax (flash-style).
 
-Registered in transformers' AttentionInterface as "hydrahead_blockwise". It reads the KVView that a
-QuantizedKVLayer returns from `update`; plain key/value tensors (any other cache, or none) go to sdpa, so
-switching a model to it changes nothing else. While a view holds no quantized block yet (the prefill of a
-fresh cache) it also runs sdpa, on the high-precision tokens.
+It reads the KVView that a QuantizedKVLayer returns from `update` (or the MixedKVView of a layer whose heads
+differ in format: each group of heads attends over its own view); plain key/value tensors (any other cache,
+or none) go to sdpa, so switching a model to it changes nothing else. While a view holds no quantized block
+yet (the prefill of a fresh cache) it also runs sdpa, on the high-precision tokens.
+
+It is the dense path of hydrahead's one attention function ("hydrahead" in transformers'
+AttentionInterface, `hydrahead.decoding.attention`), which also runs sparse decoding over the same views:
+`blockwise_attention(model)` switches a model to that function.
 """
 
 from __future__ import annotations
@@ -11,13 +15,17 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
-from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from .mixed import MixedKVView, view_parts
 from .view import KVView
 
-ATTENTION_NAME = "hydrahead_blockwise"
+ATTENTION_NAME = "hydrahead"  # hydrahead's one attention function (hydrahead.decoding.attention)
+
+
+def is_view(key) -> bool:
+    """Whether attention was handed a quantized cache's view rather than key tensors."""
+    return isinstance(key, (KVView, MixedKVView))
 
 
 def blockwise_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -25,7 +33,7 @@ def blockwise_attention_forward(module, query, key, value, attention_mask, scali
 
     The blockwise path serves inference over a cache: it applies no dropout and returns no weights.
     """
-    if not isinstance(key, KVView):
+    if not is_view(key):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     if not key.blocks:
@@ -33,7 +41,22 @@ def blockwise_attention_forward(module, query, key, value, attention_mask, scali
         return sdpa_attention_forward(module, query, keys, values, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
-    return online_softmax_attention(query, key, attention_mask, scaling).to(query.dtype), None
+    return view_attention(query, key, attention_mask, scaling).to(query.dtype), None
+
+
+def view_attention(query: torch.Tensor, view, mask: torch.Tensor | None, scaling: float) -> torch.Tensor:
+    """`online_softmax_attention` over a KVView, or over each part of a MixedKVView for its own query heads."""
+    parts = view_parts(view)
+    if len(parts) == 1 and isinstance(view, KVView):
+        return online_softmax_attention(query, view, mask, scaling)
+    B, Hq, Q, D = query.shape
+    G = Hq // view.num_heads
+    out = query.new_empty(B, Q, Hq, D, dtype=torch.float32)
+    for sub, positions in parts:
+        heads = torch.tensor([p * G + i for p in positions for i in range(G)], device=query.device)
+        part_mask = mask if mask is None or mask.shape[1] == 1 else mask[:, heads]
+        out[:, :, heads] = online_softmax_attention(query[:, heads], sub, part_mask, scaling)
+    return out
 
 
 def online_softmax_attention(query: torch.Tensor, view: KVView, mask: torch.Tensor | None, scaling: float) -> torch.Tensor:
@@ -84,13 +107,14 @@ def _bias(mask, start: int, t: int, T: int, Q: int, B: int, H: int, G: int, devi
 
 
 def register() -> None:
-    """Make "hydrahead_blockwise" a valid attention implementation (with sdpa's masks); idempotent."""
-    AttentionInterface.register(ATTENTION_NAME, blockwise_attention_forward)
-    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+    """Make "hydrahead" a valid attention implementation (with sdpa's masks); idempotent."""
+    from ..decoding.attention import register as register_hydrahead
+
+    register_hydrahead()
 
 
 def use_blockwise_attention(model) -> None:
-    """Switch `model` to the blockwise attention for good (it runs sdpa for every other cache)."""
+    """Switch `model` to hydrahead's attention for good (it runs sdpa for plain key / value tensors)."""
     register()
     if model.config._attn_implementation != ATTENTION_NAME:
         model.set_attn_implementation(ATTENTION_NAME)
@@ -98,7 +122,7 @@ def use_blockwise_attention(model) -> None:
 
 @contextmanager
 def blockwise_attention(model):
-    """Run `model` with the blockwise attention inside the block; its previous implementation comes back after."""
+    """Run `model` with hydrahead's attention inside the block; its previous implementation comes back after."""
     previous = model.config._attn_implementation
     use_blockwise_attention(model)
     try:
@@ -106,6 +130,3 @@ def blockwise_attention(model):
     finally:
         if previous != ATTENTION_NAME:
             model.set_attn_implementation(previous)
-
-
-register()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -40,6 +41,11 @@ class QTensor:
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def rows_and_dim(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(stored rows = every leading index x tokens, head_dim) of a [..., T, D] shape."""
+    return math.prod(shape[:-1]), shape[-1]
+
+
 class KVFormat:
     """One way of storing keys or values of shape [..., T, D] (tokens x head_dim, any leading dims).
 
@@ -65,11 +71,33 @@ class KVFormat:
         return self._quantize(x)
 
     def dequantize(self, q: QTensor) -> torch.Tensor:
+        self._check_q(q)
+        return self._dequantize(q).to(q.dtype)
+
+    def dequantize_rows(self, q: QTensor, rows: torch.Tensor) -> torch.Tensor:
+        """Only the stored rows `rows` decoded: float32 [n, D]. `rows` indexes q's rows (every leading index x
+        token, flattened: row r of a [B, H, T, D] tensor is b, h, t with r = (b * H + h) * T + t). Sparse decoding
+        reads the tokens it selected this way, without decoding the rest of their block."""
+        self._check_q(q)
+        return self._dequantize(self._take_rows(q, rows)).float()
+
+    def _take_rows(self, q: QTensor, rows: torch.Tensor) -> QTensor:
+        """q restricted to `rows`, as a QTensor of shape [n, D]. Every stored tensor here leads with q's [..., T]
+        (one entry per row) or is a scalar; formats whose scales span rows override `dequantize_rows`."""
+        n = math.prod(q.shape[:-1])
+        lead = len(q.shape) - 1
+
+        def take(t: torch.Tensor) -> torch.Tensor:
+            return t if t.dim() == 0 else t.reshape(n, *t.shape[lead:])[rows]
+
+        scales = {name: take(t) for name, t in q.scales.items()}
+        return QTensor(q.format, (rows.numel(), q.shape[-1]), q.dtype, take(q.payload), scales)
+
+    def _check_q(self, q: QTensor) -> None:
         if q.format != self.name:
             raise KVFormatError(f"cannot decode a {q.format} tensor with the {self.name} format")
         if q.shape[-1] != self.head_dim:
             raise KVFormatError(f"{self.name} was built for head_dim {self.head_dim}, the tensor has {q.shape[-1]}")
-        return self._dequantize(q).to(q.dtype)
 
     def bytes_per_token(self, head_dim: int | None = None) -> float:
         """Stored bytes of one token of one head (keys or values, not both), scales and norms included.
@@ -80,6 +108,11 @@ class KVFormat:
 
     def nbytes(self, q: QTensor) -> int:
         return q.nbytes
+
+    def stored_nbytes(self, shape: tuple[int, ...]) -> int:
+        """The exact bytes `quantize` stores for a tensor of `shape` [..., T, D]: what `QTensor.nbytes` reports,
+        computed without quantizing anything (the head plan counts a cache's bytes with it)."""
+        raise NotImplementedError
 
     def _quantize(self, x: torch.Tensor) -> QTensor:
         raise NotImplementedError

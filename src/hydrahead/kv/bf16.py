@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import KVFormat, QTensor
+from .base import KVFormat, QTensor, rows_and_dim
 
 
 class BF16Format(KVFormat):
@@ -19,3 +19,7 @@ class BF16Format(KVFormat):
 
     def bytes_per_token(self, head_dim: int | None = None) -> float:
         return 2.0 * (head_dim or self.head_dim)
+
+    def stored_nbytes(self, shape: tuple[int, ...]) -> int:
+        rows, d = rows_and_dim(shape)
+        return 2 * rows * d

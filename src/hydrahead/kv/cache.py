@@ -7,6 +7,11 @@ everything between in 4-bit (or fp8, bf16) blocks quantized once, read by the bl
 A hydrahead hybrid gets a QuantizedHydraCache (its GDN states beside the quantized FA keys and values);
 `quantized_cache` picks the right one. For `greedy_generate` / `evaluate`, pass
 `cache_factory=KVCacheFactory("tq4:int4")`.
+
+Every quantized cache is built from a head plan with `kv_formats` (one format for every head is the plan
+`with_kv_formats(spec)`), so KV heads may differ in format, sink, window and block size: a layer whose heads
+all agree is one QuantizedKVLayer, any other a MixedKVLayer. `plan_cache(config, plan)` makes the cache a
+plan asks for; its `nbytes()` equals `plan.kv_bytes(tokens, batch, dtype)` (plus the GDN states).
 """
 
 from __future__ import annotations
@@ -14,20 +19,22 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache
 
-from ..cache import HydraCache
-from ..configuration import is_hybrid
-from ..plan import HeadPlan
+from ..cache import HydraCache, KVLayer
+from ..configuration import hybrid_spec, is_hybrid
+from ..plan import HeadPlan, PlanError
 from .attention import use_blockwise_attention
 from .layer import KVCacheError, QuantizedKVLayer, _nbytes, check_sizes
+from .mixed import MixedKVLayer
 from .spec import canonical_spec, parse_cache_spec
 
 
 class QuantizedKVCache(Cache):
     """One quantized layer per decoder layer of `config`, keys and values in the formats of `kv_format`
-    ("KEYS:VALUES", e.g. "tq4:int4"; see `hydrahead.kv.spec`). `nbytes()` is what it really stores."""
+    ("KEYS:VALUES", e.g. "tq4:int4"; see `hydrahead.kv.spec`), or per KV head as `plan` says (then
+    kv_format and the sizes are the plan's). `nbytes()` is what it really stores."""
 
-    def __init__(self, config, kv_format: str = "tq4:int4", window: int = 128, sink: int = 4, block_size: int = 64):
-        check_sizes(window, sink, block_size)
+    def __init__(self, config, kv_format: str = "tq4:int4", window: int = 128, sink: int = 4, block_size: int = 64,
+                 plan: HeadPlan | None = None):
         if is_hybrid(config):
             raise KVCacheError("a hydrahead hybrid keeps its KV in a HydraCache: use QuantizedHydraCache(config, ...) "
                                "or quantized_cache(config, ...)")
@@ -35,13 +42,16 @@ class QuantizedKVCache(Cache):
         kinds = set(getattr(config, "layer_types", None) or ["full_attention"]) - {"full_attention"}
         if kinds:
             raise KVCacheError(f"a quantized KV cache serves full-attention layers only; this model also has {sorted(kinds)}")
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        key_choice, value_choice = parse_cache_spec(kv_format)
-        # the codecs check the head_dim (power of two for tq4, multiples of 16 / 32 for the block formats)
-        self.key_format, self.value_format = key_choice.build(head_dim), value_choice.build(head_dim)
-        self.spec = f"{key_choice.label}:{value_choice.label}"
-        self.window, self.sink, self.block_size = window, sink, block_size
-        super().__init__(layers=quantized_layers(config, self.key_format, self.value_format, window, sink, block_size))
+        if plan is None:
+            plan = HeadPlan.full_attention(config)
+            _check_format(kv_format, window, sink, block_size, plan.shape.head_dim)
+            plan = plan.with_kv_formats(kv_format, sink, window, block_size)
+        _check_plan(plan, config)
+        if plan.num_gdn:
+            raise KVCacheError("a plain model caches every KV head: its plan must keep every head FA")
+        self.plan = plan
+        _describe_plan(self, plan)
+        super().__init__(layers=plan_layers(plan))
 
     def nbytes(self) -> int:
         return sum(layer.nbytes() for layer in self.layers)
@@ -52,7 +62,7 @@ class QuantizedKVCache(Cache):
 
     @property
     def quantized_tokens(self) -> int:
-        return max((layer.quantized_tokens for layer in self.layers), default=0)
+        return max((getattr(layer, "quantized_tokens", 0) for layer in self.layers), default=0)
 
     def describe(self) -> dict:
         return {"kv_format": self.spec, "window": self.window, "sink": self.sink, "block_size": self.block_size}
@@ -62,15 +72,18 @@ class QuantizedHydraCache(HydraCache):
     """A hybrid's cache with its FA heads' keys and values in quantized layers (as QuantizedKVCache) and its
     GDN states as in any HydraCache."""
 
-    def __init__(self, config, kv_format: str = "tq4:int4", window: int = 128, sink: int = 4, block_size: int = 64):
-        check_sizes(window, sink, block_size)
-        key_choice, value_choice = parse_cache_spec(kv_format)
-        head_dim = HeadPlan.from_dict(config.hydrahead["plan"], "config.hydrahead").shape.head_dim
-        self.key_format, self.value_format = key_choice.build(head_dim), value_choice.build(head_dim)
-        self.spec = f"{key_choice.label}:{value_choice.label}"
-        self.window, self.sink, self.block_size = window, sink, block_size
-        super().__init__(config, kv_layers=quantized_layers(config, self.key_format, self.value_format, window, sink,
-                                                            block_size))
+    def __init__(self, config, kv_format: str = "tq4:int4", window: int = 128, sink: int = 4, block_size: int = 64,
+                 plan: HeadPlan | None = None):
+        own = hybrid_spec(config)[0]
+        if plan is None:
+            _check_format(kv_format, window, sink, block_size, own.shape.head_dim)
+            plan = own.with_kv_formats(kv_format, sink, window, block_size)
+        elif plan.fa_heads != own.fa_heads:
+            raise KVCacheError("the plan's FA heads differ from the hybrid's: a cache stores the heads the model has")
+        _check_plan(plan, config)
+        self.plan = plan
+        _describe_plan(self, plan)
+        super().__init__(config, kv_layers=plan_layers(plan))
 
     def parts(self) -> dict[str, int]:
         """Stored bytes by part, summed over layers: sink, window, quantized payload and scales, GDN states."""
@@ -78,15 +91,61 @@ class QuantizedHydraCache(HydraCache):
 
     @property
     def quantized_tokens(self) -> int:
-        return max((layer.quantized_tokens for layer in self.layers), default=0)
+        return max((getattr(layer, "quantized_tokens", 0) for layer in self.layers), default=0)
 
     def describe(self) -> dict:
         return {"kv_format": self.spec, "window": self.window, "sink": self.sink, "block_size": self.block_size}
 
 
-def quantized_layers(config, key_format, value_format, window: int, sink: int, block_size: int) -> list[QuantizedKVLayer]:
-    return [QuantizedKVLayer(i, key_format, value_format, window, sink, block_size)
-            for i in range(config.num_hidden_layers)]
+def _check_format(kv_format: str, window: int, sink: int, block_size: int, head_dim: int) -> None:
+    """The format's own error (unknown name, a head_dim it cannot serve) before it goes into a plan."""
+    check_sizes(window, sink, block_size)
+    for choice in parse_cache_spec(kv_format):
+        choice.build(head_dim)
+
+
+def _check_plan(plan: HeadPlan, config) -> None:
+    if plan.kv_formats is None:
+        raise KVCacheError("the plan has no kv_formats: a plain cache stores its KV heads as the model computes them")
+    try:
+        plan.check_model(config)
+    except PlanError as e:
+        raise KVCacheError(str(e)) from None
+
+
+def _describe_plan(cache, plan: HeadPlan) -> None:
+    """The spec and sizes a cache reports: the plan's when every cached head agrees, else "per head"."""
+    heads = {plan.head_kv(layer, kv) for layer in range(plan.shape.num_layers) for kv in plan.fa_kv_heads(layer)}
+    one = next(iter(heads)) if len(heads) == 1 else None
+    cache.spec = one.spec if one else "per head"
+    cache.window, cache.sink, cache.block_size = (one.window, one.sink, one.block_size) if one else (None, None, None)
+    if one:
+        keys, values = parse_cache_spec(one.spec)
+        cache.key_format, cache.value_format = keys.build(plan.shape.head_dim), values.build(plan.shape.head_dim)
+
+
+def plan_layers(plan: HeadPlan) -> list:
+    """One cache layer per decoder layer of a plan with kv_formats: a QuantizedKVLayer where the layer's cached
+    KV heads share their storage, a MixedKVLayer where they differ, a plain KVLayer where none is cached."""
+    formats: dict[str, object] = {}
+
+    def build(spec: str):
+        if spec not in formats:
+            keys, values = parse_cache_spec(spec)
+            formats[spec] = (keys.build(plan.shape.head_dim), values.build(plan.shape.head_dim))
+        return formats[spec]
+
+    layers = []
+    for i in range(plan.shape.num_layers):
+        groups = [(positions, QuantizedKVLayer(i, *build(head.spec), head.window, head.sink, head.block_size))
+                  for head, positions in plan.kv_groups(i)]
+        if not groups:
+            layers.append(KVLayer())  # an all-GDN layer of a hybrid: nothing is ever stored
+        elif len(groups) == 1:
+            layers.append(groups[0][1])
+        else:
+            layers.append(MixedKVLayer(i, groups))
+    return layers
 
 
 def quantized_cache(config, kv_format: str = "tq4:int4", window: int = 128, sink: int = 4, block_size: int = 64):
@@ -95,10 +154,25 @@ def quantized_cache(config, kv_format: str = "tq4:int4", window: int = 128, sink
     return cls(config, kv_format, window, sink, block_size)
 
 
+def plan_cache(config, plan: HeadPlan | None = None):
+    """The cache `plan` asks for (default: a hybrid's own plan): quantized per head where it has kv_formats,
+    the model's own otherwise (a HydraCache for a hybrid, a DynamicCache for any other model)."""
+    if plan is None and is_hybrid(config):
+        plan = hybrid_spec(config)[0]
+    if plan is None or plan.kv_formats is None:
+        if is_hybrid(config):
+            return HydraCache(config, kv_layers=[KVLayer() for _ in range(config.num_hidden_layers)])
+        from transformers import DynamicCache
+
+        return DynamicCache(config=config)
+    return (QuantizedHydraCache if is_hybrid(config) else QuantizedKVCache)(config, plan=plan)
+
+
 def _sum_parts(layers) -> dict[str, int]:
     total: dict[str, int] = {}
     for layer in layers:
-        for name, n in layer.parts().items():
+        parts = layer.parts() if hasattr(layer, "parts") else {"window": layer.nbytes()}
+        for name, n in parts.items():
             total[name] = total.get(name, 0) + n
     return total
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from .base import KVFormat, KVFormatError, QTensor
+from .base import KVFormat, KVFormatError, QTensor, rows_and_dim
 from .fp_codes import E4M3_MAX, e4m3_encode
 
 SCALES = ("tensor", "head", "none")
@@ -46,5 +48,18 @@ class FP8Format(KVFormat):
         x = q.payload.float()
         return x * q.scales["scale"] if "scale" in q.scales else x
 
+    def dequantize_rows(self, q: QTensor, rows: torch.Tensor) -> torch.Tensor:
+        if self.scale != "head":
+            return super().dequantize_rows(q, rows)
+        self._check_q(q)
+        x = q.payload.reshape(-1, self.head_dim)[rows].float()
+        return x * q.scales["scale"].reshape(-1)[rows // q.num_tokens, None]  # one scale per leading index
+
     def bytes_per_token(self, head_dim: int | None = None) -> float:
         return 1.0 * (head_dim or self.head_dim)
+
+    def stored_nbytes(self, shape: tuple[int, ...]) -> int:
+        """One byte per element, plus a float32 scale: one per tensor, or one per leading index ("head")."""
+        rows, d = rows_and_dim(shape)
+        scales = {"tensor": 1, "head": math.prod(shape[:-2]), "none": 0}[self.scale]
+        return rows * d + 4 * scales

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from .base import KVFormat, KVFormatError, QTensor
+from .base import KVFormat, KVFormatError, QTensor, rows_and_dim
 from .fp_codes import pack_nibbles, unpack_nibbles
 
 AXES = ("token", "channel")
@@ -68,6 +70,17 @@ class Int4Format(KVFormat):
             return groups.flatten(-2)
         return groups.flatten(-3, -2)[..., :tokens, :]
 
+    def dequantize_rows(self, q: QTensor, rows: torch.Tensor) -> torch.Tensor:
+        if self.axis == "token":
+            return super().dequantize_rows(q, rows)
+        self._check_q(q)
+        codes = unpack_nibbles(q.payload.reshape(-1, self.head_dim // 2)[rows]).float()  # [n, D]
+        per_lead = -(-q.num_tokens // self.group_size)  # token groups per leading index
+        group = rows // q.num_tokens * per_lead + rows % q.num_tokens // self.group_size
+        scale = q.scales["scale"].reshape(-1, self.head_dim)[group].float()
+        zero = q.scales["zero"].reshape(-1, self.head_dim)[group].float()
+        return zero + scale * codes
+
     def _dequantize(self, q: QTensor) -> torch.Tensor:
         codes = self._groups(unpack_nibbles(q.payload).float())
         scale = q.scales["scale"].float().unsqueeze(self._group_dim)
@@ -77,3 +90,12 @@ class Int4Format(KVFormat):
     def bytes_per_token(self, head_dim: int | None = None) -> float:
         d = head_dim or self.head_dim
         return d / 2 + 2 * 2 * d / self.group_size  # codes + float16 scale and zero per group
+
+    def stored_nbytes(self, shape: tuple[int, ...]) -> int:
+        """Packed codes, plus a float16 scale and zero per group (a last partial token group counts whole)."""
+        rows, d = rows_and_dim(shape)
+        if self.axis == "token":
+            groups = rows * (d // self.group_size)
+        else:
+            groups = math.prod(shape[:-2]) * -(-shape[-2] // self.group_size) * d
+        return rows * d // 2 + 2 * 2 * groups

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import KVFormat, QTensor
+from .base import KVFormat, QTensor, rows_and_dim
 from .fp_codes import (
     E2M1_EMAX,
     UE8M0_BIAS,
@@ -51,3 +51,7 @@ class MXFP4Format(KVFormat):
     def bytes_per_token(self, head_dim: int | None = None) -> float:
         d = head_dim or self.head_dim
         return d / 2 + d / BLOCK
+
+    def stored_nbytes(self, shape: tuple[int, ...]) -> int:
+        rows, d = rows_and_dim(shape)
+        return rows * (d // 2 + d // BLOCK)  # packed E2M1 codes and one UE8M0 byte per 32

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import KVFormat, QTensor
+from .base import KVFormat, QTensor, rows_and_dim
 from .fp_codes import (
     E2M1_MAX,
     E4M3_MAX,
@@ -55,3 +55,7 @@ class NVFP4Format(KVFormat):
         """E2M1 codes and E4M3 block scales; the float32 tensor scale is amortised to zero."""
         d = head_dim or self.head_dim
         return d / 2 + d / BLOCK
+
+    def stored_nbytes(self, shape: tuple[int, ...]) -> int:
+        rows, d = rows_and_dim(shape)
+        return rows * (d // 2 + d // BLOCK) + 4  # codes, one E4M3 byte per 16, one float32 tensor scale

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .base import KVFormat, KVFormatError, QTensor
+from .base import KVFormat, KVFormatError, QTensor, rows_and_dim
 from .codebook import lloyd_max_gaussian
 from .fp_codes import pack_bits, pack_nibbles, unpack_bits, unpack_nibbles
 from .hadamard import RandomSignRotation, is_power_of_two
@@ -119,3 +119,9 @@ class TQ4Format(KVFormat):
         norm_bytes = NORM_DTYPES[self.norm_dtype].itemsize
         sketch = (self.qjl_dim or d) / 8 + norm_bytes if self.qjl else 0
         return d / 2 + norm_bytes + sketch
+
+    def stored_nbytes(self, shape: tuple[int, ...]) -> int:
+        rows, d = rows_and_dim(shape)
+        norm_bytes = NORM_DTYPES[self.norm_dtype].itemsize
+        sketch = self.qjl_dim // 8 + norm_bytes if self.qjl else 0
+        return rows * (d // 2 + norm_bytes + sketch)

@@ -71,6 +71,26 @@ class KVView:
             values = self.value_format.dequantize(values)
         return self._gather(values).float()
 
+    def gather(self, heads: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values of selected tokens only: heads [S] (this view's heads), index [B, S, k] token
+        positions -> float32 [B, S, k, D] each. A quantized block decodes just the rows picked from it."""
+        B, S, k = index.shape
+        stored = self.recent[0].shape[1]
+        kv = heads if self.heads is None else self.heads.to(heads.device)[heads]  # [S], heads as stored
+        chunks = list(self.chunks())
+        starts = torch.tensor([start for start, _, _ in chunks], device=index.device)
+        which = torch.bucketize(index, starts, right=True) - 1  # [B, S, k], the chunk of every picked token
+        keys = torch.empty(B, S, k, self.key_format.head_dim, device=index.device)
+        values = torch.empty_like(keys)
+        for c in which.unique().tolist():
+            start, k_part, v_part = chunks[c]
+            b, s, j = (which == c).nonzero(as_tuple=True)
+            length = k_part.num_tokens if isinstance(k_part, QTensor) else k_part.shape[-2]
+            rows = (b * stored + kv[s]) * length + index[b, s, j] - start
+            keys[b, s, j] = _rows(k_part, rows, self.key_format)
+            values[b, s, j] = _rows(v_part, rows, self.value_format)
+        return keys, values
+
     def dense(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every key and value at once, quantized blocks dequantized: [B, H, T, D] each (tests, plain attention)."""
         keys, values = [], []
@@ -94,3 +114,10 @@ class KVView:
             f"for .{name}); run the model under hydrahead.kv.blockwise_attention(model) or set "
             f"model.set_attn_implementation({ATTENTION_NAME!r})"
         )
+
+
+def _rows(x: torch.Tensor | QTensor, rows: torch.Tensor, fmt: KVFormat) -> torch.Tensor:
+    """Rows of a chunk [B, H, t, D] (flattened as b, h, t) as float32 [n, D]; quantized ones decoded alone."""
+    if isinstance(x, QTensor):
+        return fmt.dequantize_rows(x, rows)
+    return x.reshape(-1, x.shape[-1])[rows].float()

@@ -1,0 +1,53 @@
+"""Reading a quantized KV cache at a sparse decode step: dense attention that also returns every token's score
+(retrieval heads rank tokens with it), block by block; and the keys and values of selected tokens only."""
+
+from __future__ import annotations
+
+import torch
+
+from .mixed import view_parts
+
+
+def attend_with_scores(view, q: torch.Tensor, valid: torch.Tensor | None, scaling: float
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q [B, H, g, D] (g query rows per KV head of `view`, one decode step) over every token of the view.
+
+    Returns (out [B, H, g, D], scores [B, H, N, g], probs [B, H, N, g]), all float32; scores are the scaled
+    logits, -inf where `valid` [B, N] is False. Keys are scored one chunk at a time (a tq4 block against a
+    rotated query), then values are decoded one chunk at a time against the softmax.
+    """
+    B, H, g, _ = q.shape
+    out = q.new_empty(B, H, g, q.shape[-1], dtype=torch.float32)
+    n = view.num_tokens
+    scores = q.new_empty(B, H, n, g, dtype=torch.float32)
+    probs = torch.empty_like(scores)
+    for sub, positions in view_parts(view):
+        qs = q[:, positions].float() * scaling  # [B, h, g, D]
+        chunks = list(sub.chunks())
+        s = torch.cat([sub.scores(qs, keys) for _, keys, _ in chunks], dim=-1)  # [B, h, g, N]
+        if valid is not None:
+            s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
+        p = torch.softmax(s, dim=-1)
+        o = torch.zeros_like(qs)
+        for start, keys, values in chunks:
+            v = sub.values(values)  # [B, h, t, D]
+            o = o + p[..., start:start + v.shape[-2]] @ v
+        out[:, positions] = o
+        scores[:, positions], probs[:, positions] = s.transpose(-1, -2), p.transpose(-1, -2)
+    return out, scores, probs
+
+
+def gather_rows(view, heads: list[int], index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values of the selected tokens: heads [S] of `view`, index [B, S, k] -> float32 [B, S, k, D] each."""
+    keys = values = None
+    for sub, positions in view_parts(view):
+        mine = [i for i, h in enumerate(heads) if h in positions]
+        if not mine:
+            continue
+        local = torch.tensor([positions.index(heads[i]) for i in mine], device=index.device)
+        k, v = sub.gather(local, index[:, mine])
+        if keys is None:
+            keys = k.new_empty(index.shape[0], len(heads), index.shape[2], k.shape[-1])
+            values = torch.empty_like(keys)
+        keys[:, mine], values[:, mine] = k, v
+    return keys, values
