@@ -38,7 +38,7 @@ test-latest:
 	python3 -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install -q --upgrade pip
 	$(LATEST)/bin/python -m pip install -q $(TORCH)
-	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[test]"
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[test]" "$(TORCH)"
 	$(LATEST)/bin/python -m pip check
 	@$(LATEST)/bin/python -c "import torch, transformers; print(f'test-latest: torch {torch.__version__}, transformers {transformers.__version__}')"
 	$(LATEST)/bin/python -m pytest -q
