@@ -143,7 +143,9 @@ def quality(args):
     teacher, tokenizer = load_causal_lm(args.model)
     hybrid, _ = load_causal_lm(args.hybrid)
     own = hybrid_spec(hybrid.config)[0]
-    roles, roles_from = learn_roles(args, teacher, tokenizer, own)
+    sparse_wanted = {"hybrid + sparse", "all three"} & set(args.variants.split(","))
+    roles, roles_from = learn_roles(args, teacher, tokenizer, own) if sparse_wanted else (
+        [["retrieval"] * own.shape.num_kv_heads] * own.shape.num_layers, "not needed by these variants")
     plans = variant_plans(own, roles, args.kv_format, args.kv_window, args.budget)
     full = HeadPlan.full_attention(teacher.config)
     base_bf16 = full.kv_bytes_per_token(torch.bfloat16)
@@ -155,7 +157,7 @@ def quality(args):
     print(f"load average {load_average()} (start)", flush=True)
     prompt = build_samples(tokenizer, tasks[0], [lengths[0]], 1, 0)[0].prompt()
     rows = {}
-    for name in VARIANTS:
+    for name in args.variants.split(","):
         model, plan = (teacher, None) if name == "original" else (hybrid, plans[name])
         start = time.perf_counter()
         tokens, measured, expected = measured_bytes(model, plan, tokenizer, prompt, model.dtype)
@@ -171,11 +173,42 @@ def quality(args):
                   f"({time.perf_counter() - start:.0f} s so far; load average {load_average()})", flush=True)
         row["seconds"] = time.perf_counter() - start
         rows[name] = row
-    print_quality(args, rows, tasks, lengths, base_bf16, own)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "roles": roles, "roles_from": roles_from, "load_average": load_average(),
-                       "rows": rows}, f, indent=1)
+                       "plan": own.to_dict(), "rows": rows}, f, indent=1)
+    if set(rows) == set(VARIANTS):
+        print_quality(args, rows, tasks, lengths, base_bf16, own)
+
+
+def combine(args):
+    """One table from the JSON files of runs that each scored some of the variants (`--variants`), e.g. in
+    parallel processes: the samples are the same (seed 0), so the figures are those of one run."""
+    runs = [json.load(open(path)) for path in args.combine.split(",")]
+    rows = {}
+    for run in runs:
+        rows.update(run["rows"])
+    missing = [v for v in VARIANTS if v not in rows]
+    if missing:
+        sys.exit(f"--combine: no run scored {', '.join(missing)}")
+    first = runs[0]
+    with_roles = [r for r in runs if r["roles_from"] != "not needed by these variants"]
+    if any(r["roles"] != with_roles[0]["roles"] for r in with_roles):
+        sys.exit("--combine: the runs decoded with different roles")
+    roles_run = with_roles[0] if with_roles else first
+    for key in ("tasks", "lengths", "kv_format", "kv_window", "budget", "hybrid", "limit", "limits"):
+        if any(r["args"][key] != first["args"][key] for r in runs):
+            sys.exit(f"--combine: the runs differ in --{key}")
+    saved = argparse.Namespace(**first["args"])
+    own = HeadPlan.from_dict(first["plan"])
+    tasks, lengths = saved.tasks.split(","), [int(x) for x in saved.lengths.split(",")]
+    for n, row in rows.items():
+        row["read_fraction"] = {int(k): v for k, v in row["read_fraction"].items()}
+    print(f"combined from {args.combine}; roles: {roles_run['roles_from']}; cached KV heads: "
+          f"{describe_roles(own, roles_run['roles'])}; load average at the end of each run: "
+          + "; ".join(r["load_average"] for r in runs))
+    print_quality(saved, {v: rows[v] for v in VARIANTS}, tasks, lengths,
+                  own.full_kv_bytes_per_token(torch.bfloat16), own)
 
 
 def print_quality(args, rows, tasks, lengths, base_bf16, own):
@@ -350,6 +383,8 @@ def speed(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["quality", "speed"], required=True)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="quality: a subset, for runs in parallel")
+    parser.add_argument("--combine", help="quality: print the table from these --json files (comma-separated)")
     parser.add_argument("--model", default=str(ROOT / "models" / "hydrahead-teacher-3m"))
     parser.add_argument("--hybrid", help="a trained hybrid of --model (quality)")
     parser.add_argument("--tasks", default="niah_single_1,niah_multikey_1,niah_multivalue,vt")
@@ -372,7 +407,12 @@ def main():
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     args.budget = float(args.budget) if "." in args.budget else int(args.budget)
-    if args.part == "quality":
+    if args.part == "quality" and args.combine:
+        combine(args)
+    elif args.part == "quality":
+        unknown = set(args.variants.split(",")) - set(VARIANTS)
+        if unknown:
+            parser.error(f"unknown variant {sorted(unknown)[0]!r}; choose from {', '.join(VARIANTS)}")
         if not args.hybrid:
             parser.error("--part quality needs --hybrid DIR (a trained hybrid of --model)")
         args.lengths = args.lengths or "512,1024,2048,4096,8192"
