@@ -196,15 +196,20 @@ def combine(args):
     if any(r["roles"] != with_roles[0]["roles"] for r in with_roles):
         sys.exit("--combine: the runs decoded with different roles")
     roles_run = with_roles[0] if with_roles else first
-    for key in ("tasks", "lengths", "kv_format", "kv_window", "budget", "hybrid", "limit", "limits"):
+    for key in ("model", "tasks", "lengths", "kv_format", "kv_window", "budget", "limit", "limits"):
         if any(r["args"][key] != first["args"][key] for r in runs):
             sys.exit(f"--combine: the runs differ in --{key}")
+    # the original's row does not depend on the hybrid: a run of it alone may come from another hybrid's run
+    hybrids = {r["args"]["hybrid"] for r in runs if set(r["rows"]) - {"original"}}
+    if len(hybrids) > 1:
+        sys.exit(f"--combine: the hybrid variants come from different hybrids: {sorted(hybrids)}")
+    first = next(r for r in runs if set(r["rows"]) - {"original"})
     saved = argparse.Namespace(**first["args"])
     own = HeadPlan.from_dict(first["plan"])
     tasks, lengths = saved.tasks.split(","), [int(x) for x in saved.lengths.split(",")]
     for n, row in rows.items():
         row["read_fraction"] = {int(k): v for k, v in row["read_fraction"].items()}
-    print(f"combined from {args.combine}; roles: {roles_run['roles_from']}; cached KV heads: "
+    print(f"hybrid {first['args']['hybrid']}; combined from {args.combine}; roles: {roles_run['roles_from']}; cached KV heads: "
           f"{describe_roles(own, roles_run['roles'])}; load average at the end of each run: "
           + "; ".join(r["load_average"] for r in runs))
     print_quality(saved, {v: rows[v] for v in VARIANTS}, tasks, lengths,
