@@ -173,10 +173,10 @@ def quality(args):
                   f"({time.perf_counter() - start:.0f} s so far; load average {load_average()})", flush=True)
         row["seconds"] = time.perf_counter() - start
         rows[name] = row
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "roles": roles, "roles_from": roles_from, "load_average": load_average(),
-                       "plan": own.to_dict(), "rows": rows}, f, indent=1)
+        if args.json:  # after every variant, so that a run cut short keeps what it scored
+            with open(args.json, "w") as f:
+                json.dump({"args": vars(args), "roles": roles, "roles_from": roles_from, "load_average": load_average(),
+                           "plan": own.to_dict(), "rows": rows}, f, indent=1)
     if set(rows) == set(VARIANTS):
         print_quality(args, rows, tasks, lengths, base_bf16, own)
 
