@@ -196,9 +196,18 @@ def combine(args):
     if any(r["roles"] != with_roles[0]["roles"] for r in with_roles):
         sys.exit("--combine: the runs decoded with different roles")
     roles_run = with_roles[0] if with_roles else first
-    for key in ("model", "tasks", "lengths", "kv_format", "kv_window", "budget", "limit", "limits"):
+    for key in ("model", "tasks", "lengths", "kv_format", "kv_window", "budget"):
         if any(r["args"][key] != first["args"][key] for r in runs):
             sys.exit(f"--combine: the runs differ in --{key}")
+    # runs with more samples are cut to the fewest: sample i of a task and length is the same in every run
+    # (tasks.generate seeds each sample by its index), so the first n are the same n samples
+    fewest = {}
+    for row in rows.values():
+        for cell, values in row["samples"].items():
+            fewest[cell] = min(fewest.get(cell, len(values)), len(values))
+    cut = sorted({cell for row in rows.values() for cell, v in row["samples"].items() if len(v) > fewest[cell]})
+    for row in rows.values():
+        row["samples"] = {cell: v[: fewest[cell]] for cell, v in row["samples"].items()}
     # the original's row does not depend on the hybrid: a run of it alone may come from another hybrid's run
     hybrids = {r["args"]["hybrid"] for r in runs if set(r["rows"]) - {"original"}}
     if len(hybrids) > 1:
@@ -212,6 +221,10 @@ def combine(args):
     print(f"hybrid {first['args']['hybrid']}; combined from {args.combine}; roles: {roles_run['roles_from']}; cached KV heads: "
           f"{describe_roles(own, roles_run['roles'])}; load average at the end of each run: "
           + "; ".join(r["load_average"] for r in runs))
+    lengths_ = [int(x) for x in first["args"]["lengths"].split(",")]
+    per_length = {n: fewest[f"{first['args']['tasks'].split(',')[0]}@{n}"] for n in lengths_}
+    print("samples per task and length: " + ", ".join(f"{n}: {k}" for n, k in per_length.items())
+          + (f" (runs with more cut to their first samples in {len(cut)} cells)" if cut else ""))
     print_quality(saved, {v: rows[v] for v in VARIANTS}, tasks, lengths,
                   own.full_kv_bytes_per_token(torch.bfloat16), own)
 
