@@ -23,7 +23,7 @@ FORMAT = 2  # 2: full state dicts keyed by parameter name (1, before FSDP: the o
 FIXED = ("stage", "teacher", "plan", "init", "seq_len", "batch_size", "seed", "mixture", "options")
 # the optimizer and its schedule (which depends on steps): a change is refused unless asked for by name
 CHANGEABLE = ("steps", "lr", "warmup", "min_lr_ratio", "weight_decay", "grad_clip", "kl_weight", "ce_weight",
-              "temperature")
+              "temperature", "head_weight")
 # micro_batch, parallel, checkpoint_every, max_minutes and out do not change what is trained
 
 

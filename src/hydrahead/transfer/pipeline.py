@@ -109,9 +109,14 @@ def run_pipeline(cfg: PipelineConfig, results: str | Path = "results/pipeline", 
 
 
 def train_hybrid(cfg: PipelineConfig, plan: str | Path, out: Path, native: int, options: dict | None = None,
-                 progress: bool = True, timed=None) -> Path:
+                 progress: bool = True, timed=None, stage_settings: dict[str, dict] | None = None) -> Path:
     """Stages 1-3 for one plan (and conversion options) into out/align, out/distill, out/long; a stage
-    whose model is already there is skipped. Returns the final hybrid's directory."""
+    whose model is already there is skipped. `stage_settings` maps a stage name to further TransferConfig
+    keys for it (e.g. {"align": {"head_weight": 1.0}}). Returns the final hybrid's directory."""
+    stage_settings = stage_settings or {}
+    unknown = sorted(set(stage_settings) - set(STAGES))
+    if unknown:
+        raise ValueError(f"stage_settings: unknown stage {unknown[0]!r}; stages are {', '.join(STAGES)}")
     from .loop import train_stage
 
     stages = [("align", cfg.align_steps, native, {"plan": str(plan), "options": options or {}}),
@@ -125,7 +130,8 @@ def train_hybrid(cfg: PipelineConfig, plan: str | Path, out: Path, native: int, 
             micro -= 1
         config = TransferConfig(stage=stage, teacher=cfg.teacher, out=str(out / stage), steps=steps, seq_len=seq_len,
                                 batch_size=cfg.batch_size, micro_batch=micro, lr=cfg.lr, seed=cfg.seed,
-                                warmup=max(1, steps // 10), checkpoint_every=max(1, steps // 4), **source)
+                                warmup=max(1, steps // 10), checkpoint_every=max(1, steps // 4),
+                                **{**source, **stage_settings.get(stage, {})})
         run = (lambda c=config: train_stage(c, progress=progress))
         timed(f"stage {stage}", run) if timed else run()
     return out / "long" / "model"
