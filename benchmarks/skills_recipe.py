@@ -93,7 +93,8 @@ def main() -> None:
     if not scores_path.exists():
         config = ScoreConfig(behaviours=cfg.behaviours, length=native, num_pairs=cfg.num_pairs, seed=0)
         score_heads(teacher, tokenizer, config, args.teacher).save(scores_path)
-    plan = make_plan(Scores.load(scores_path), "interp", "7:1", "query", scores=Scores.load(scores_path))
+    scores = Scores.load(scores_path)
+    plan = make_plan(scores.shape, "interp", "7:1", "query", scores=scores)
     plan.save(out / "plan.json")
     names = [n.strip() for n in args.only.split(",")] if args.only else ["original", *VARIANTS]
     for name in names:

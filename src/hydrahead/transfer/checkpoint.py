@@ -101,6 +101,7 @@ def load_checkpoint(work: Path, model, optimizer, config: TransferConfig, trim: 
         raise TransferError(f"checkpoint {ckpt} was written by an older hydrahead (format {state.get('format', 1)}, "
                             f"this one reads {FORMAT}); delete it to start the stage over")
     step = int(state["step"])
+    saved = {"head_weight": 0.0, **saved}  # checkpoints from before head_weight trained without it
     # contents, not paths: an edited plan is another run; the same plan by another path is not
     changes = check_resume(ckpt, step, saved, config.to_dict(), FIXED, CHANGEABLE, allowed, TransferError,
                            state.get("digests"), digests)
