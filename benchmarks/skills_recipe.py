@@ -135,7 +135,9 @@ def render_row(row: dict, native: int) -> str:
 
 
 def render(out: Path) -> str:
-    rows = [json.loads(p.read_text()) for p in sorted(out.glob("*/row.json"))]
+    rows = [json.loads(p.read_text()) for p in out.glob("*/row.json")]
+    order = {"original": 0, **{name: i + 1 for i, name in enumerate(VARIANTS)}}
+    rows.sort(key=lambda r: (r["variant"] != "original", list(BUDGETS).index(r["budget"]), order[r["variant"]], r["seed"]))
     columns = [("niah_single_1", "512"), ("niah_multikey_1", "512"), ("niah_multivalue", "512"), ("vt", "512"),
                ("cwe", "512"), ("niah_single_1", "8192"), ("niah_multikey_1", "8192"), ("niah_multivalue", "8192"),
                ("vt", "8192")]
