@@ -322,7 +322,8 @@ def _pipeline(args) -> int:
     from .transfer.pipeline import PipelineConfig, run_pipeline
 
     settings = {k: getattr(args, k) for k in ("teacher", "out", "ratio", "granularity", "limit", "seed",
-                                              "align_steps", "distill_steps", "long_steps")}
+                                              "align_steps", "distill_steps", "long_steps", "fa_position",
+                                              "head_weight")}
     settings = {k: v for k, v in settings.items() if v is not None}
     cfg = PipelineConfig.quick(**settings) if args.quick else PipelineConfig(**settings)
     run_pipeline(cfg, args.results, progress=not args.quiet)
@@ -590,6 +591,10 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument(*flag("align_steps"), type=int, help=f"stage 1 steps {pipeline_default('align_steps')}")
     pp.add_argument(*flag("distill_steps"), type=int, help=f"stage 2 steps {pipeline_default('distill_steps')}")
     pp.add_argument(*flag("long_steps"), type=int, help=f"stage 3 steps {pipeline_default('long_steps')}")
+    pp.add_argument(*flag("fa_position"), choices=["nope_logscale", "rope"],
+                    help=f"the FA heads' positions {pipeline_default('fa_position')}")
+    pp.add_argument(*flag("head_weight"), type=float,
+                    help=f"align: weight of the per-head MSE against the original heads {pipeline_default('head_weight')}")
     pp.add_argument(*flag("limit"), type=int,
                     help=f"evaluation samples per task and length {pipeline_default('limit')}")
     pp.add_argument(*flag("seed"), type=int, help=f"seed of the training data and evaluation {pipeline_default('seed')}")

@@ -231,6 +231,8 @@ def check_pipeline(args) -> None:
     ratio(args.ratio)
     for flag in ("align_steps", "distill_steps", "long_steps", "limit"):
         positive(f"--{flag}", getattr(args, flag))
+    if args.head_weight is not None and args.head_weight < 0:
+        raise HydraheadError(f"--head_weight must be at least 0, got {args.head_weight}")
     model_dir(args.teacher, "--teacher")
 
 

@@ -106,6 +106,7 @@ BAD = [
      "batch_size 6 is not a multiple of micro_batch 4"),
     (["distill", "--stage", "align", "--plan", "p.json", "--teacher", "missing-dir"], "missing-dir does not exist"),
     (["pipeline", "--teacher", "TEACHER", "--ratio", "seven"], "--ratio takes GDN:FA units"),
+    (["pipeline", "--teacher", "TEACHER", "--head_weight", "-1"], "--head_weight must be at least 0"),
     (["teacher", "train", "--out", "x", "--steps", "0"], "--steps must be positive"),
     (["tasks", "generate", "--tokenizer", "TEACHER", "--task", "nope", "--length", "512", "--out", "x"],
      "unknown task 'nope'"),

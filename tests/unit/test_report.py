@@ -101,3 +101,10 @@ def test_loss_axes_have_a_label_smoothing_and_plain_ticks(tmp_path, losses):
     assert len(texts) >= 2 and all("10^" not in t and "\\times" not in t and "x10" not in t for t in texts), texts
     plt.close(fig)
     assert plot_loss_log(log, tmp_path / "loss.png", title="stage align").stat().st_size > 5_000
+
+
+def test_pipeline_recipe_options_only_name_what_differs_from_the_defaults():
+    from hydrahead.transfer.pipeline import recipe_options
+
+    assert recipe_options(PipelineConfig()) == {}  # runs made before the setting existed still resume
+    assert recipe_options(PipelineConfig(fa_position="rope")) == {"fa_position": "rope"}

@@ -274,3 +274,53 @@ def test_two_processes_with_torchrun_equal_one_process(tiny, tmp_path, stage, pa
     two = weights(two_dir / "model")
     for k in one:
         torch.testing.assert_close(two[k], one[k], atol=2e-5, rtol=1e-4)
+
+
+def _head_loss(teacher, student, ids, head_weight=1.0):
+    from hydrahead.transfer.stages import Align
+
+    loss, logs = Align(head_weight=head_weight).loss(student, teacher, ids)
+    return loss, logs
+
+
+def test_align_head_loss_is_zero_for_exact_copies_and_trains_the_gdn_heads(tiny):
+    from hydrahead.attention.options import HybridOptions
+    from hydrahead.convert import convert
+
+    teacher = load_model(tiny / "teacher").eval()
+    ids = torch.randint(3, teacher.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
+    copy = convert(teacher, HeadPlan.full_attention(teacher.config), HybridOptions(fusion="concat", fa_position="rope"))
+    loss, logs = _head_loss(teacher, copy, ids)
+    assert logs["head_mse"] < 1e-8 and logs["layer_mse"] < 1e-8 and loss.item() < 1e-8  # every head the original's
+    hybrid = convert(teacher, HeadPlan.from_config(teacher.config, [[0], [3]]), HybridOptions())
+    loss, logs = _head_loss(teacher, hybrid, ids)
+    assert logs["head_mse"] > 1e-3 and loss.item() == pytest.approx(logs["layer_mse"] + logs["head_mse"], rel=1e-5)
+    loss.backward()
+    gdn = {n: p.grad for n, p in hybrid.named_parameters() if "gdn" in n or "gamma" in n or "in_proj" in n}
+    assert gdn and all(g is not None and g.abs().sum() > 0 for g in gdn.values())
+    # head_weight 0 leaves the loss as it was
+    plain, plain_logs = _head_loss(teacher, hybrid, ids, head_weight=0.0)
+    assert "head_mse" not in plain_logs and plain.item() == pytest.approx(logs["layer_mse"], rel=1e-5)
+    # and a few steps on it bring every head toward the original head's output
+    attention = [p for layer in hybrid.model.layers for p in layer.self_attn.parameters()]
+    optimizer = torch.optim.Adam(attention, lr=3e-2)
+    first = logs["head_mse"]
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss, logs = _head_loss(teacher, hybrid, ids)
+        loss.backward()
+        optimizer.step()
+    assert logs["head_mse"] < first / 2
+
+
+def test_align_stage_logs_the_head_loss(tiny):
+    train_stage(config_for(tiny, "ha", steps=2, head_weight=1.0), progress=False)
+    rows = [json.loads(line) for line in (tiny / "ha" / "training" / "log.jsonl").read_text().splitlines()]
+    assert all(row["head_mse"] > 0 and row["layer_mse"] > 0 for row in rows)
+
+
+def test_head_weight_is_checked():
+    with pytest.raises(TransferError, match="head_weight must be at least 0"):
+        TransferConfig(stage="align", plan="p.json", head_weight=-1).check()
+    with pytest.raises(TransferError, match="belongs to the align stage"):
+        TransferConfig(stage="distill", init="m", head_weight=1.0).check()

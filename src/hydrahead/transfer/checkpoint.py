@@ -23,7 +23,7 @@ FORMAT = 2  # 2: full state dicts keyed by parameter name (1, before FSDP: the o
 FIXED = ("stage", "teacher", "plan", "init", "seq_len", "batch_size", "seed", "mixture", "options")
 # the optimizer and its schedule (which depends on steps): a change is refused unless asked for by name
 CHANGEABLE = ("steps", "lr", "warmup", "min_lr_ratio", "weight_decay", "grad_clip", "kl_weight", "ce_weight",
-              "temperature")
+              "temperature", "head_weight")
 # micro_batch, parallel, checkpoint_every, max_minutes and out do not change what is trained
 
 
@@ -101,6 +101,7 @@ def load_checkpoint(work: Path, model, optimizer, config: TransferConfig, trim: 
         raise TransferError(f"checkpoint {ckpt} was written by an older hydrahead (format {state.get('format', 1)}, "
                             f"this one reads {FORMAT}); delete it to start the stage over")
     step = int(state["step"])
+    saved = {"head_weight": 0.0, **saved}  # checkpoints from before head_weight trained without it
     # contents, not paths: an edited plan is another run; the same plan by another path is not
     changes = check_resume(ckpt, step, saved, config.to_dict(), FIXED, CHANGEABLE, allowed, TransferError,
                            state.get("digests"), digests)

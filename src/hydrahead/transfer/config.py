@@ -37,6 +37,8 @@ class TransferConfig:
     kl_weight: float = 1.0  # distill: KL(teacher || student) on logits ...
     ce_weight: float = 0.5  # ... plus this much next-token cross-entropy
     temperature: float = 1.0
+    head_weight: float = 0.0  # align: weight of a per-head MSE (each hybrid head against the original head) added
+    # to the layer-level MSE; 0 leaves it out
     seed: int = 0
     checkpoint_every: int = 50
     mixture: dict[str, float] | None = None  # task -> weight; default: the teacher's corpus mixture
@@ -61,6 +63,10 @@ class TransferConfig:
             raise TransferError(
                 f"batch_size {self.batch_size} is not a multiple of micro_batch {self.micro_batch}: give a micro_batch "
                 f"that divides it ({', '.join(map(str, divisors[:3]))}, ...), or leave micro_batch out to have it chosen")
+        if self.head_weight < 0:
+            raise TransferError(f"head_weight must be at least 0, got {self.head_weight}")
+        if self.head_weight and self.stage != "align":
+            raise TransferError(f"head_weight belongs to the align stage; stage {self.stage!r} has no per-head loss")
         if self.lr <= 0 or self.temperature <= 0:
             raise TransferError("lr and temperature must be positive")
         if self.stage != "long" and (self.plan is None) == (self.init is None):

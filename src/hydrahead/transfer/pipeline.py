@@ -27,6 +27,8 @@ class PipelineConfig:
     distill_steps: int = 200
     long_steps: int = 50
     long_factor: int = 2  # stage 3 trains at this multiple of the native length
+    fa_position: str = "nope_logscale"  # the FA heads' positions (HybridOptions.fa_position): nope_logscale | rope
+    head_weight: float = 0.0  # align: weight of the per-head MSE against the original heads (0: layer MSE only)
     batch_size: int = 8
     lr: float = 1e-3
     tasks: str = "niah_single_1,niah_multikey_1,niah_multivalue,vt"
@@ -81,7 +83,8 @@ def run_pipeline(cfg: PipelineConfig, results: str | Path = "results/pipeline", 
     plan.save(out / "plan.json")
     _log(plan.summary().splitlines()[1].strip())
 
-    train_hybrid(cfg, out / "plan.json", out, native, progress=progress, timed=timed)
+    train_hybrid(cfg, out / "plan.json", out, native, recipe_options(cfg), progress=progress, timed=timed,
+                 stage_settings={"align": {"head_weight": cfg.head_weight}} if cfg.head_weight else None)
 
     lengths = [native * f for f in cfg.factors]
     hybrid = load_model(out / "long" / "model")
@@ -108,10 +111,23 @@ def run_pipeline(cfg: PipelineConfig, results: str | Path = "results/pipeline", 
     return folder
 
 
+def recipe_options(cfg: PipelineConfig) -> dict:
+    """The conversion options the pipeline's settings ask for; only those that differ from HybridOptions'
+    defaults, so that a run made before a setting existed resumes."""
+    from ..attention.options import HybridOptions
+
+    return {} if cfg.fa_position == HybridOptions.fa_position else {"fa_position": cfg.fa_position}
+
+
 def train_hybrid(cfg: PipelineConfig, plan: str | Path, out: Path, native: int, options: dict | None = None,
-                 progress: bool = True, timed=None) -> Path:
+                 progress: bool = True, timed=None, stage_settings: dict[str, dict] | None = None) -> Path:
     """Stages 1-3 for one plan (and conversion options) into out/align, out/distill, out/long; a stage
-    whose model is already there is skipped. Returns the final hybrid's directory."""
+    whose model is already there is skipped. `stage_settings` maps a stage name to further TransferConfig
+    keys for it (e.g. {"align": {"head_weight": 1.0}}). Returns the final hybrid's directory."""
+    stage_settings = stage_settings or {}
+    unknown = sorted(set(stage_settings) - set(STAGES))
+    if unknown:
+        raise ValueError(f"stage_settings: unknown stage {unknown[0]!r}; stages are {', '.join(STAGES)}")
     from .loop import train_stage
 
     stages = [("align", cfg.align_steps, native, {"plan": str(plan), "options": options or {}}),
@@ -125,7 +141,8 @@ def train_hybrid(cfg: PipelineConfig, plan: str | Path, out: Path, native: int, 
             micro -= 1
         config = TransferConfig(stage=stage, teacher=cfg.teacher, out=str(out / stage), steps=steps, seq_len=seq_len,
                                 batch_size=cfg.batch_size, micro_batch=micro, lr=cfg.lr, seed=cfg.seed,
-                                warmup=max(1, steps // 10), checkpoint_every=max(1, steps // 4), **source)
+                                warmup=max(1, steps // 10), checkpoint_every=max(1, steps // 4),
+                                **{**source, **stage_settings.get(stage, {})})
         run = (lambda c=config: train_stage(c, progress=progress))
         timed(f"stage {stage}", run) if timed else run()
     return out / "long" / "model"
@@ -254,7 +271,7 @@ def _report(cfg: PipelineConfig, plan, evals: dict, timings: dict, native: int, 
     setup = (f"Plan: {plan.summary().splitlines()[1].strip()}; KV {plan.kv_bytes_per_token()} B/token "
              f"(original {plan.full_kv_bytes_per_token()}). Stages: align {cfg.align_steps}, distill "
              f"{cfg.distill_steps}, long {cfg.long_steps} steps at {cfg.long_factor}x native ({native}) length, "
-             f"{cfg.batch_size} sequences per step.")
+             f"{cfg.batch_size} sequences per step; FA heads {cfg.fa_position}, align head_weight {cfg.head_weight:g}.")
     lines = [f"# HydraHead pipeline on {cfg.teacher}", ""]
     lines += [f"> **Warning.** {text}\n" for text in doubts(evals, native)]
     lines += [setup, "",

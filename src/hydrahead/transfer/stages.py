@@ -51,12 +51,40 @@ def _hooks(modules, pre=None, post=None):
             h.remove()
 
 
+def _pre_args(make):
+    """A forward pre-hook factory taking (module, args, kwargs), from one that takes (module, args)."""
+    def factory(i):
+        hook = make(i)
+        return lambda module, args, kwargs: hook(module, args if args else (kwargs["input"],))
+    return factory
+
+
 def _hidden(args, kwargs) -> torch.Tensor:
     return args[0] if args else kwargs["hidden_states"]
 
 
+def _head_mse(outputs: dict[int, torch.Tensor], targets: dict[int, torch.Tensor], head_dim: int) -> torch.Tensor:
+    """Per layer and head, the MSE between the hybrid's fused head output and the original head's output (the
+    inputs of o_proj, [B, T, H * head_dim]), divided by the original head's mean square; the mean over all."""
+    per_head = []
+    for i in sorted(targets):
+        out = outputs[i].float().unflatten(-1, (-1, head_dim))  # [B, T, H, D]
+        target = targets[i].float().unflatten(-1, (-1, head_dim))
+        mse = (out - target).pow(2).mean(dim=(0, 1, 3))  # [H]
+        per_head.append(mse / target.pow(2).mean(dim=(0, 1, 3)).clamp(min=1e-12))
+    return torch.cat(per_head).mean()
+
+
 class Align(Stage):
+    """head_weight > 0 adds, with that weight, a per-head MSE: every hybrid head's fused output (what enters
+    o_proj) against the original head's output, so each GDN head is pulled toward the head it replaces."""
+
     name = "align"
+
+    def __init__(self, head_weight: float = 0.0):
+        if head_weight < 0:
+            raise ValueError(f"head_weight must be at least 0, got {head_weight}")
+        self.head_weight = head_weight
 
     def trainable(self, student):
         return [p for attn in _attention(student) for p in attn.parameters()]
@@ -75,7 +103,17 @@ class Align(Stage):
             # an HF attention module returns (output, weights); hydrahead's hybrid attention the output alone
             return lambda i: (lambda module, args, out: store.__setitem__(i, out[0] if isinstance(out, tuple) else out))
 
-        with torch.no_grad(), _hooks(_attention(teacher), grab_input, grab_output(targets)):
+        head_targets: dict[int, torch.Tensor] = {}
+        head_outputs: dict[int, torch.Tensor] = {}
+
+        def grab_heads(store):  # the input of o_proj: every head's output, concatenated
+            return lambda i: (lambda module, args: store.__setitem__(i, args[0]))
+
+        def o_projs(model):
+            return [attn.o_proj for attn in _attention(model)] if self.head_weight else []
+
+        with torch.no_grad(), _hooks(_attention(teacher), grab_input, grab_output(targets)), \
+                _hooks(o_projs(teacher), _pre_args(grab_heads(head_targets))):
             teacher(input_ids=ids, use_cache=False, logits_to_keep=1)
 
         def teacher_forced(i):
@@ -87,7 +125,8 @@ class Align(Stage):
             return hook
 
         outputs: dict[int, torch.Tensor] = {}
-        with _hooks(_attention(student), teacher_forced, grab_output(outputs)):
+        with _hooks(_attention(student), teacher_forced, grab_output(outputs)), \
+                _hooks(o_projs(student), _pre_args(grab_heads(head_outputs))):
             student(input_ids=ids, use_cache=False, logits_to_keep=1)
         for i in sorted(targets):
             if outputs[i].shape != targets[i].shape:  # a broadcast MSE would train on the wrong target, silently
@@ -98,7 +137,13 @@ class Align(Stage):
             for i in sorted(targets)
         ]
         loss = torch.stack(per_layer).mean()
-        return loss, {"loss": loss.item(), **{f"mse_l{i}": v.item() for i, v in enumerate(per_layer)}}
+        logs = {f"mse_l{i}": v.item() for i, v in enumerate(per_layer)}
+        if self.head_weight:
+            head_dim = _attention(teacher)[0].head_dim
+            head = _head_mse(head_outputs, head_targets, head_dim)
+            logs["layer_mse"], logs["head_mse"] = loss.item(), head.item()
+            loss = loss + self.head_weight * head
+        return loss, {"loss": loss.item(), **logs}
 
 
 class Distill(Stage):
@@ -132,7 +177,7 @@ class LongContext(Stage):
 
 def make_stage(config) -> Stage:
     if config.stage == "align":
-        return Align()
+        return Align(config.head_weight)
     if config.stage == "distill":
         return Distill(config.kl_weight, config.ce_weight, config.temperature)
     return LongContext()

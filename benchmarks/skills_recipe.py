@@ -1,0 +1,163 @@
+"""Which conversion keeps the teacher's native-length skills (issue 15, point 1)?
+
+Every variant is the teacher's interp 7:1 plan (query granularity) trained through the pipeline's three
+stages (align, distill, long at 2x native) with one change, then evaluated on a fixed small set:
+niah_single_1, niah_multikey_1, niah_multivalue and vt at 1x and 16x the native length (512, 8192) and cwe at
+1x, `--limit` samples per cell (greedy, evaluation seed 0). Each cell is printed with a 95% bootstrap
+interval over its samples (2000 resamples of the per-sample scores). Each variant's runs and its row are kept
+in --out/<variant>, so a stopped run resumes and several copies started side by side share the variants out.
+
+    OMP_NUM_THREADS=1 python benchmarks/skills_recipe.py --budget quick --only "nope,rope"   # rank hypotheses
+    OMP_NUM_THREADS=1 python benchmarks/skills_recipe.py --budget full --only "rope"         # confirm
+    python benchmarks/skills_recipe.py --render                                             # the table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+from hydrahead.evaluation import evaluate
+from hydrahead.jsonfile import write_json_atomic
+from hydrahead.models import load_causal_lm, load_model
+from hydrahead.selection import ScoreConfig, Scores, make_plan, score_heads
+from hydrahead.transfer.pipeline import PipelineConfig, train_hybrid
+
+TASKS = "niah_single_1,niah_multikey_1,niah_multivalue,vt"
+BUDGETS = {"quick": (20, 30, 10), "full": (100, 200, 50), "2x": (200, 400, 100)}
+# a distill/long mixture with twice the weight on the native-length skills the hybrids lose
+SKILLS_MIXTURE = {"niah_single_1": 0.10, "niah_multikey_1": 0.12, "niah_multikey_2": 0.06, "niah_multikey_3": 0.03,
+                  "niah_multivalue": 0.20, "niah_multiquery": 0.06, "vt": 0.20, "vt_zeroshot": 0.08, "cwe": 0.08,
+                  "cwe_fewshot": 0.02, "fwe": 0.02, "passkey": 0.03}
+
+# name -> (conversion options, per-stage TransferConfig settings)
+VARIANTS: dict[str, tuple[dict, dict]] = {
+    "nope_logscale": ({"fa_position": "nope_logscale"}, {}),
+    "rope": ({"fa_position": "rope"}, {}),
+    "nope_logscale + head align": ({"fa_position": "nope_logscale"}, {"align": {"head_weight": 1.0}}),
+    "rope + head align": ({"fa_position": "rope"}, {"align": {"head_weight": 1.0}}),
+    "rope + skills mixture": ({"fa_position": "rope"}, {"distill": {"mixture": SKILLS_MIXTURE}}),
+}
+
+
+def bootstrap(values: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean and 95% percentile bootstrap interval, in points (0-100)."""
+    rng = random.Random(seed)
+    n = len(values)
+    means = sorted(sum(rng.choice(values) for _ in range(n)) / n for _ in range(resamples))
+    return 100 * sum(values) / n, 100 * means[int(0.025 * resamples)], 100 * means[int(0.975 * resamples) - 1]
+
+
+def cells(records: list[dict]) -> dict[str, dict[str, list[float]]]:
+    out: dict[str, dict[str, list[float]]] = {}
+    for r in records:
+        out.setdefault(r["task"], {}).setdefault(str(r["length"]), []).append(r["score"])
+    return out
+
+
+def slug(name: str) -> str:
+    return name.replace(" + ", "+").replace(" ", "_")
+
+
+def measure(model, tokenizer, native: int, limit: int) -> list[dict]:
+    records = []
+    for tasks, lengths in ((TASKS, [native, 16 * native]), ("cwe", [native])):
+        result = evaluate(model, tokenizer, tasks, lengths, limit, 0, progress=False)
+        records += [{"task": r["task"], "length": r["length"], "score": r["score"]} for r in result.records]
+    return records
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--teacher", default="models/hydrahead-teacher-3m")
+    ap.add_argument("--out", default="runs/skills")
+    ap.add_argument("--budget", choices=sorted(BUDGETS), default="quick", help="align/distill/long steps")
+    ap.add_argument("--seed", type=int, default=0, help="training seed")
+    ap.add_argument("--limit", type=int, default=20, help="samples per task and length")
+    ap.add_argument("--only", help="comma-separated variant names (exact); 'original' evaluates the teacher")
+    ap.add_argument("--render", action="store_true", help="train nothing: tabulate the rows measured so far")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    teacher, tokenizer = load_causal_lm(args.teacher)
+    native = int(teacher.config.max_position_embeddings)
+    if args.render:
+        print(render(out))
+        return
+    cfg = PipelineConfig(teacher=args.teacher, out=str(out), seed=args.seed)
+    scores_path = out / "scores.json"  # the pipeline's full scoring (3 behaviours, 8 pairs)
+    if not scores_path.exists():
+        config = ScoreConfig(behaviours=cfg.behaviours, length=native, num_pairs=cfg.num_pairs, seed=0)
+        score_heads(teacher, tokenizer, config, args.teacher).save(scores_path)
+    scores = Scores.load(scores_path)
+    plan = make_plan(scores.shape, "interp", "7:1", "query", scores=scores)
+    plan.save(out / "plan.json")
+    names = [n.strip() for n in args.only.split(",")] if args.only else ["original", *VARIANTS]
+    for name in names:
+        if name != "original" and name not in VARIANTS:
+            raise SystemExit(f"unknown variant {name!r}; variants: original, {', '.join(VARIANTS)}")
+        tag = "original" if name == "original" else f"{slug(name)}__{args.budget}__s{args.seed}"
+        folder = out / tag
+        if (folder / "row.json").exists():
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        start, load = time.perf_counter(), os.getloadavg()[0]
+        if name == "original":
+            model = teacher
+        else:
+            options, stage_settings = VARIANTS[name]
+            align, distill, long = BUDGETS[args.budget]
+            run_cfg = PipelineConfig(teacher=args.teacher, out=str(folder), seed=args.seed, align_steps=align,
+                                     distill_steps=distill, long_steps=long)
+            model = load_model(train_hybrid(run_cfg, out / "plan.json", folder, native, options, progress=False,
+                                            stage_settings=stage_settings))
+        trained = time.perf_counter() - start
+        records = measure(model, tokenizer, native, args.limit)
+        row = {"variant": name, "budget": args.budget, "seed": args.seed, "limit": args.limit,
+               "train_minutes": round(trained / 60, 1), "total_minutes": round((time.perf_counter() - start) / 60, 1),
+               "load_at_start": round(load, 2), "load_at_end": round(os.getloadavg()[0], 2), "records": records}
+        write_json_atomic(folder / "row.json", row)
+        print(f"{tag}: {row['total_minutes']} min; " + render_row(row, native), flush=True)
+    print(render(out))
+
+
+def render_row(row: dict, native: int) -> str:
+    parts = []
+    for task, per in cells(row["records"]).items():
+        for length, values in per.items():
+            mean, lo, hi = bootstrap(values)
+            parts.append(f"{task}@{length} {mean:.0f} [{lo:.0f}, {hi:.0f}]")
+    return "; ".join(parts)
+
+
+def render(out: Path) -> str:
+    rows = [json.loads(p.read_text()) for p in out.glob("*/row.json")]
+    order = {"original": 0, **{name: i + 1 for i, name in enumerate(VARIANTS)}}
+    rows.sort(key=lambda r: (r["variant"] != "original", list(BUDGETS).index(r["budget"]), order[r["variant"]], r["seed"]))
+    columns = [("niah_single_1", "512"), ("niah_multikey_1", "512"), ("niah_multivalue", "512"), ("vt", "512"),
+               ("cwe", "512"), ("niah_single_1", "8192"), ("niah_multikey_1", "8192"), ("niah_multivalue", "8192"),
+               ("vt", "8192")]
+    head = "| variant | budget | seed | " + " | ".join(f"{t} @{n}" for t, n in columns) + " | train min (load) |"
+    lines = [head, "|---|---|---:|" + "---:|" * (len(columns) + 1)]
+    for row in rows:
+        per = cells(row["records"])
+        text = []
+        for task, length in columns:
+            values = per.get(task, {}).get(length)
+            if not values:
+                text.append("-")
+                continue
+            mean, lo, hi = bootstrap(values)
+            text.append(f"{mean:.0f} [{lo:.0f}-{hi:.0f}]")
+        budget = "-" if row["variant"] == "original" else row["budget"]
+        lines.append(f"| {row['variant']} | {budget} | {row['seed']} | " + " | ".join(text)
+                     + f" | {row['train_minutes']} ({row['load_at_start']}-{row['load_at_end']}) |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
