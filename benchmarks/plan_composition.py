@@ -33,7 +33,6 @@ import argparse
 import copy
 import json
 import random
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -322,24 +321,13 @@ def filled(model, plan, length: int, dtype):
     return cache
 
 
-def steps_ms(model, cache, length: int, repeats: int) -> float:
-    token = torch.tensor([[42]])
-    times = []
-    with torch.no_grad():
-        for i in range(repeats + 1):
-            start = time.perf_counter()
-            model(token, use_cache=True, position_ids=torch.tensor([[length + i]]), **cache_arg(cache))
-            times.append(time.perf_counter() - start)
-    return statistics.median(times[1:]) * 1e3  # the first step warms up
-
-
 def speed(args):
     from hydrahead.attention import HybridOptions
     from hydrahead.convert import convert
     from hydrahead.decoding import plan_decoding
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from hybrid_decode import qwen3_06b_like
+    from hybrid_decode import decode_ms, qwen3_06b_like
 
     from transformers import Qwen3ForCausalLM
 
@@ -368,7 +356,7 @@ def speed(args):
             with plan_decoding(model, plan) as run:
                 cache = filled(model, plan, n, dtype)
                 kv = kv_only_bytes(cache)
-                entry["decode_ms"][n] = steps_ms(model, cache, n, args.repeats)
+                entry["decode_ms"][n] = decode_ms(model, cache, n, args.repeats)
                 frac = run.state.stats.read_fraction if run.state is not None else 1.0
             entry["read_fraction"][n] = frac
             # the bytes a step must read: the weights, the KV it attends to, the GDN states

@@ -16,14 +16,13 @@ plan asks for; its `nbytes()` equals `plan.kv_bytes(tokens, batch, dtype)` (plus
 
 from __future__ import annotations
 
-import torch
 from transformers.cache_utils import Cache
 
 from ..cache import HydraCache, KVLayer
 from ..configuration import hybrid_spec, is_hybrid
 from ..plan import HeadPlan, PlanError
 from .attention import use_blockwise_attention
-from .layer import KVCacheError, QuantizedKVLayer, _nbytes, check_sizes
+from .layer import KVCacheError, QuantizedKVLayer, check_sizes, sum_parts
 from .mixed import MixedKVLayer
 from .spec import canonical_spec, parse_cache_spec
 
@@ -58,7 +57,7 @@ class QuantizedKVCache(Cache):
 
     def parts(self) -> dict[str, int]:
         """Stored bytes by part, summed over layers: sink, window, quantized payload and scales."""
-        return _sum_parts(self.layers)
+        return sum_parts(self.layers)
 
     @property
     def quantized_tokens(self) -> int:
@@ -87,7 +86,7 @@ class QuantizedHydraCache(HydraCache):
 
     def parts(self) -> dict[str, int]:
         """Stored bytes by part, summed over layers: sink, window, quantized payload and scales, GDN states."""
-        return {**_sum_parts(self.layers), "gdn_state": sum(state.nbytes() for state in self.gdn)}
+        return {**sum_parts(self.layers), "gdn_state": sum(state.nbytes() for state in self.gdn)}
 
     @property
     def quantized_tokens(self) -> int:
@@ -167,14 +166,6 @@ def plan_cache(config, plan: HeadPlan | None = None):
         return DynamicCache(config=config)
     return (QuantizedHydraCache if is_hybrid(config) else QuantizedKVCache)(config, plan=plan)
 
-
-def _sum_parts(layers) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for layer in layers:
-        parts = layer.parts() if hasattr(layer, "parts") else {"window": layer.nbytes()}
-        for name, n in parts.items():
-            total[name] = total.get(name, 0) + n
-    return total
 
 
 class KVCacheFactory:

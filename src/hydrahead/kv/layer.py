@@ -156,3 +156,12 @@ def _map_qtensor(q: QTensor, fn) -> QTensor:
 
 def _nbytes(*tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def sum_parts(layers) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for layer in layers:
+        parts = layer.parts() if hasattr(layer, "parts") else {"window": layer.nbytes()}
+        for name, n in parts.items():
+            total[name] = total.get(name, 0) + n
+    return total

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import CacheLayerMixin
 
-from .layer import KVCacheError, QuantizedKVLayer
+from .layer import KVCacheError, QuantizedKVLayer, sum_parts
 from .view import KVView
 
 
@@ -114,11 +114,7 @@ class MixedKVLayer(CacheLayerMixin):
         return -1
 
     def parts(self) -> dict[str, int]:
-        total: dict[str, int] = {}
-        for _, layer in self.groups:
-            for name, n in layer.parts().items():
-                total[name] = total.get(name, 0) + n
-        return total
+        return sum_parts(layer for _, layer in self.groups)
 
     def nbytes(self) -> int:
         return sum(self.parts().values())
