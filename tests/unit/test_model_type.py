@@ -66,7 +66,10 @@ def test_trust_remote_code_gives_the_hybrid_and_plain_transformers_refuses(hybri
     """, tmp_path)
     assert remote.returncode == 0, remote.stderr[-2000:]
     module, name, diff = remote.stdout.split()
-    assert module == "hydrahead.modeling" and name == "HydraQwen3ForCausalLM" and float(diff) == 0.0
+    assert module == "hydrahead.modeling" and name == "HydraQwen3ForCausalLM"
+    # Another process may split the matmuls over a different number of threads (CI has more cores than
+    # this machine), so float32 sums can differ in the last bits; random q/k/v would differ by whole units.
+    assert float(diff) < 1e-5
 
     plain = run_python(f"""
         from transformers import AutoModelForCausalLM
