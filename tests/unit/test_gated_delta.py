@@ -257,3 +257,29 @@ def test_dispatch_on_cpu_picks_the_torch_path(monkeypatch, length, expected):
 def test_forced_fla_mode_on_cpu_fails_clearly():
     with pytest.raises(RuntimeError, match="fla"):
         run(gated_delta_rule, make_inputs(length=4), mode="fla")
+
+
+@pytest.mark.parametrize("mode, length", [("recurrent", 1), ("recurrent", 5), ("chunk", 40), ("auto", 1)])
+def test_in_place_updates_the_given_state_and_equals_the_fresh_result(mode, length):
+    inputs = make_inputs(length=length, with_state=True)
+    o_ref, state_ref = run(gated_delta_rule, inputs, mode=mode)
+    state = inputs["initial_state"].clone()
+    storage = state.data_ptr()
+    with torch.no_grad():
+        o, final = run(gated_delta_rule, {**inputs, "initial_state": state}, mode=mode, in_place=True)
+    assert final is state and state.data_ptr() == storage
+    torch.testing.assert_close(o, o_ref, **F32)
+    torch.testing.assert_close(state, state_ref, **F32)
+
+
+def test_in_place_refuses_what_it_cannot_update():
+    inputs = make_inputs(length=1, with_state=True)
+    with pytest.raises(ValueError, match="needs an initial_state"):
+        run(gated_delta_rule, {**inputs, "initial_state": None}, in_place=True)
+    with pytest.raises(ValueError, match="contiguous torch.float32"):
+        run(gated_delta_rule, {**inputs, "initial_state": inputs["initial_state"].double()}, in_place=True)
+    with pytest.raises(ValueError, match="contiguous"):
+        run(gated_delta_rule, {**inputs, "initial_state": inputs["initial_state"].mT.contiguous().mT}, in_place=True)
+    with pytest.raises(ValueError, match="autograd"):
+        run(gated_delta_rule, {**inputs, "initial_state": inputs["initial_state"].clone().requires_grad_()},
+            in_place=True)

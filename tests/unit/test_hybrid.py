@@ -140,6 +140,21 @@ def test_the_cache_appends_in_place():
         assert layer._keys.data_ptr() == grown and layer.keys.shape[-2] == 40
 
 
+
+def test_decode_steps_update_the_gdn_states_in_place():
+    """After the prefill, every GDN state (recurrent and conv) keeps its storage across decode steps."""
+    model = tiny(seed=4)
+    model = randomise_new_parameters(convert(model, mixed_plan(model), HybridOptions(logscale_length=8)))
+    with torch.no_grad():
+        cache = output_cache(model(ids(1, 20), use_cache=True))
+        held = [(s.recurrent.data_ptr(), s.conv.data_ptr()) for s in cache.gdn if s.recurrent is not None]
+        before = [s.recurrent.clone() for s in cache.gdn if s.recurrent is not None]
+        for t in range(3):
+            model(ids(1, 1, seed=t), past_key_values=cache)
+    after = [s for s in cache.gdn if s.recurrent is not None]
+    assert held and [(s.recurrent.data_ptr(), s.conv.data_ptr()) for s in after] == held
+    assert all(not torch.equal(b, s.recurrent) for b, s in zip(before, after))  # and they did change
+
 def test_cache_bytes_match_the_plan():
     model = tiny(seed=5)
     plan = mixed_plan(model)

@@ -69,13 +69,23 @@ class GDNBranch(nn.Module):
         if valid is not None:
             g, beta = g * valid[..., None], beta * valid[..., None]
 
+        # a cached decode step updates the cache's states where they are (no new state per step); training and
+        # a first prefill (no state yet) compute fresh ones
+        in_place = (want_state and recurrent_state is not None and conv_state is not None and not torch.is_grad_enabled()
+                    and recurrent_state.is_contiguous() and conv_state.dtype == qkv.dtype
+                    and recurrent_state.dtype == (torch.float64 if qkv.dtype == torch.float64 else torch.float32))
         out, final = gated_delta_rule(
-            q, k, v, g=g, beta=beta, initial_state=recurrent_state, output_final_state=want_state, use_qk_l2norm=True
+            q, k, v, g=g, beta=beta, initial_state=recurrent_state, output_final_state=want_state, use_qk_l2norm=True,
+            in_place=in_place,
         )
         if not want_state:
             return out, None, None
+        last = full[..., full.shape[-1] - (self.conv_size - 1):]
+        if in_place:
+            conv_state.copy_(last)
+            return out, conv_state, final
         # a copy: a view would keep the whole prefill's conv input alive
-        return out, full[..., full.shape[-1] - (self.conv_size - 1):].clone(), final
+        return out, last.clone(), final
 
 
 def causal_depthwise_conv(full: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

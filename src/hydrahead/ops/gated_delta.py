@@ -26,24 +26,35 @@ def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 def gated_delta_rule(q, k, v, *, g, beta, scale=None, initial_state=None, output_final_state=False,
-                     use_qk_l2norm=False, chunk_size=DEFAULT_CHUNK_SIZE, mode="auto"):
+                     use_qk_l2norm=False, chunk_size=DEFAULT_CHUNK_SIZE, mode="auto", in_place=False):
     """The gated delta rule by the fastest path available; arguments and results as `chunk_gated_delta_rule`.
 
     mode "auto" runs fla's kernels when every tensor is on CUDA and fla imports, else the PyTorch
     code: recurrent up to RECURRENT_MAX_LENGTH tokens (decode), chunked beyond. "chunk", "recurrent"
     and "fla" force a path.
+
+    `in_place`: the final state is written into `initial_state` (which is returned as the final state),
+    so a decode step allocates no new state; see `recurrent_gated_delta_rule`.
     """
     if mode not in ("auto", "chunk", "recurrent", "fla"):
         raise ValueError(f"mode must be 'auto', 'chunk', 'recurrent' or 'fla', got {mode!r}")
+    if in_place:
+        _check_in_place(q, initial_state, output_final_state)
     kwargs = {"g": g, "beta": beta, "scale": scale, "initial_state": initial_state,
               "output_final_state": output_final_state, "use_qk_l2norm": use_qk_l2norm}
     short = q.shape[1] <= RECURRENT_MAX_LENGTH
+    if mode == "recurrent" or (mode == "auto" and short and not fla_usable(q, k, v, g, beta, initial_state)):
+        return recurrent_gated_delta_rule(q, k, v, in_place=in_place, **kwargs)
     if mode == "fla" or (mode == "auto" and fla_usable(q, k, v, g, beta, initial_state)):
         _validate(q, k, v, g, beta, initial_state)
-        return fla_gated_delta_rule(q, k, v, recurrent=short, **kwargs)
-    if mode == "recurrent" or (mode == "auto" and short):
-        return recurrent_gated_delta_rule(q, k, v, **kwargs)
-    return chunk_gated_delta_rule(q, k, v, chunk_size=chunk_size, **kwargs)
+        o, final = fla_gated_delta_rule(q, k, v, recurrent=short, **kwargs)
+    else:
+        o, final = chunk_gated_delta_rule(q, k, v, chunk_size=chunk_size, **kwargs)
+    if in_place:
+        # the kernels return a fresh state; one copy keeps the caller's state object the one that holds it
+        initial_state.copy_(final)
+        final = initial_state
+    return o, final
 
 
 def chunk_gated_delta_rule(q, k, v, *, g, beta, scale=None, initial_state=None, output_final_state=False,
@@ -83,14 +94,22 @@ def chunk_gated_delta_rule(q, k, v, *, g, beta, scale=None, initial_state=None, 
 
 
 def recurrent_gated_delta_rule(q, k, v, *, g, beta, scale=None, initial_state=None, output_final_state=False,
-                               use_qk_l2norm=False):
-    """Gated delta rule one token at a time; same arguments and results as `chunk_gated_delta_rule`."""
+                               use_qk_l2norm=False, in_place=False):
+    """Gated delta rule one token at a time; same arguments and results as `chunk_gated_delta_rule`.
+
+    With `in_place`, the state is updated inside `initial_state` (decay and rank-one write in place) and
+    that same tensor is returned as the final state: a cached decode step then reads and writes each
+    GDN state once and allocates none.
+    """
     batch, length, heads, k_dim, v_dim = _validate(q, k, v, g, beta, initial_state)
     dtype = _compute_dtype(q, k, v)
     scale = k_dim**-0.5 if scale is None else scale
+    if in_place:
+        _check_in_place(q, initial_state, output_final_state)
     state = _start_state(initial_state, batch, heads, k_dim, v_dim, dtype, q.device)
     if length == 0:
-        return _empty_result(v, state, batch, heads, output_final_state)
+        return (v.new_empty(v.shape), initial_state) if in_place else _empty_result(v, state, batch, heads,
+                                                                                   output_final_state)
     if use_qk_l2norm:
         q, k = l2norm(q.to(dtype)), l2norm(k.to(dtype))
     # token-major so that each step reads contiguous [B*H, ...] slices
@@ -103,14 +122,32 @@ def recurrent_gated_delta_rule(q, k, v, *, g, beta, scale=None, initial_state=No
     # the large per-step states and grow the heap by about a state per step
     o = torch.empty(length, batch * heads, 1, v_dim, dtype=dtype, device=v.device)  # [T, B*H, 1, V]
     for t in range(length):
-        state = state * gt[t].exp()
-        delta = bt[t] * (vt[t] - torch.bmm(kt[t], state))  # [B*H, 1, V]
-        state = torch.baddbmm(state, kt[t].mT, delta)
+        if in_place:
+            state.mul_(gt[t].exp())
+            delta = bt[t] * (vt[t] - torch.bmm(kt[t], state))  # [B*H, 1, V]
+            state.baddbmm_(kt[t].mT, delta)
+        else:
+            state = state * gt[t].exp()
+            delta = bt[t] * (vt[t] - torch.bmm(kt[t], state))  # [B*H, 1, V]
+            state = torch.baddbmm(state, kt[t].mT, delta)
         o[t] = torch.bmm(qt[t], state)
 
     o = o.view(length, batch, heads, v_dim).transpose(0, 1).to(v.dtype).contiguous()  # [B, T, H, V]
+    if in_place:
+        return o, initial_state
     final_state = state.view(batch, heads, k_dim, v_dim) if output_final_state else None
     return o, final_state
+
+
+def _check_in_place(q, initial_state, output_final_state) -> None:
+    """An in-place update needs a state to write into, of the compute dtype, contiguous, outside autograd."""
+    if initial_state is None or not output_final_state:
+        raise ValueError("in_place needs an initial_state to update and output_final_state=True")
+    if initial_state.dtype != _compute_dtype(q) or not initial_state.is_contiguous():
+        raise ValueError(f"in_place needs a contiguous {_compute_dtype(q)} initial_state, got "
+                         f"{initial_state.dtype}{'' if initial_state.is_contiguous() else ', not contiguous'}")
+    if torch.is_grad_enabled() and (initial_state.requires_grad or q.requires_grad):
+        raise ValueError("in_place cannot update a state that autograd may need; run the decode under torch.no_grad()")
 
 
 def _validate(q, k, v, g, beta, initial_state):
