@@ -32,6 +32,8 @@ import torch
 from transformers import DynamicCache, Qwen3Config, Qwen3ForCausalLM
 from transformers.generation.streamers import BaseStreamer
 
+from bound import bound_line, read_bandwidth, weight_bytes
+
 from hydrahead.compat import cache_arg
 from hydrahead.kv import (
     KVCacheError,
@@ -201,18 +203,25 @@ def main():
     print(f"Qwen3-0.6B-like, {args.layers} layers, bf16, {torch.get_num_threads()} threads; {args.sessions} sessions x "
           f"{args.rounds} rounds, prefix {args.prefix}, turns of {args.turn} + {args.gen} tokens; budget "
           f"{budget / 2**20:.1f} MiB; sink {args.sink}, window {args.window}, blocks of {args.block}", flush=True)
+    bandwidth = read_bandwidth()
+    print(bound_line(bandwidth), flush=True)
+    # the most output tokens per second a decode could reach: each token reads the weights and one session's
+    # cache at its final length (prefills, which the workload also runs, are not in it)
+    bound = {s: bandwidth / (weight_bytes(model) + per_session[s]) for s in specs}
     start = time.perf_counter()
     results = {s: run(model, s, args, budget, prefixes, turns, orders) for s in specs}
     late_from = args.rounds // 2 + 1
     print(f"\n{time.perf_counter() - start:.0f} s in all\n")
-    print("| K:V | MiB/session | fits | round | P50 TTFT s | P90 TTFT s | output tok/s | hits | prefixes resident |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| K:V | MiB/session | fits | decode bound tok/s | round | P50 TTFT s | P90 TTFT s | output tok/s "
+          "(share of bound) | hits | prefixes resident |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for s, rounds in results.items():
         for r in rounds:
-            lead = [labels[s], f"{per_session[s] / 2**20:.1f}", f"{budget / per_session[s]:.1f}"] if r["round"] == 1 \
-                else ["", "", ""]
+            lead = [labels[s], f"{per_session[s] / 2**20:.1f}", f"{budget / per_session[s]:.1f}",
+                    f"{bound[s]:.0f}"] if r["round"] == 1 else ["", "", "", ""]
             print(f"| {' | '.join(lead)} | {r['round']} | {r['p50_ttft_s']:.2f} | {r['p90_ttft_s']:.2f} "
-                  f"| {r['tokens_per_s']:.1f} | {r['hits']}/{args.sessions} | {r['resident']} |")
+                  f"| {r['tokens_per_s']:.1f} ({r['tokens_per_s'] / bound[s]:.0%}) | {r['hits']}/{args.sessions} "
+                  f"| {r['resident']} |")
     sums = {s: summary(rounds, late_from) for s, rounds in results.items()}
     base = "fp8" if "fp8" in sums else specs[0]
     print(f"\nAgainst {labels[base]} (x = its P50 TTFT / ours, ours tok/s / its); late rounds = {late_from}..{args.rounds}\n")
@@ -228,6 +237,7 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "budget_bytes": budget, "session_bytes": per_session, "rounds": results,
+                       "read_bandwidth": bandwidth, "decode_bound_tok_s": bound,
                        "summary": sums}, f, indent=1)
 
 
