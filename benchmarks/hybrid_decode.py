@@ -23,7 +23,7 @@ from bound import bound_line, load_average, read_bandwidth, weight_bytes
 
 from hydrahead.attention import HybridOptions
 from hydrahead.compat import cache_arg
-from hydrahead.cache import HydraCache, cache_nbytes
+from hydrahead.cache import HydraCache, KVCache, cache_nbytes
 from hydrahead.convert import convert
 from hydrahead.plan import HeadPlan
 
@@ -42,6 +42,7 @@ def plans(config) -> dict[str, HeadPlan | None]:
     # at kv granularity they are the two query heads of one KV group
     return {
         "original": None,
+        "original, DynamicCache": None,  # transformers' cache, which concatenates its whole past at every step
         "layerwise 3:1": HeadPlan.layerwise(config, [i for i in range(layers) if i % 4 == 3]),
         "headwise 7:1 query": HeadPlan.from_config(config, [[0, 9]] * layers, "query"),
         "headwise 7:1 kv": HeadPlan.from_config(config, [[0, 1]] * layers, "kv"),
@@ -56,11 +57,12 @@ def build(config, plan, dtype):
     return model.eval()
 
 
-def filled_cache(model, plan, length: int, dtype):
-    """A cache as a prefill of `length` tokens would leave it, with random contents."""
+def filled_cache(model, plan, length: int, dtype, dynamic: bool = False):
+    """A cache as a prefill of `length` tokens would leave it, with random contents: a plain model's in
+    hydrahead's copy-free KVCache, or (`dynamic`) in transformers' DynamicCache."""
     c = model.config
     if plan is None:
-        cache = DynamicCache()
+        cache = DynamicCache() if dynamic else KVCache(c)
         for layer in range(c.num_hidden_layers):
             kv = torch.randn(1, c.num_key_value_heads, length, c.head_dim, dtype=dtype)
             cache.update(kv, kv.clone(), layer)
@@ -121,12 +123,12 @@ def main():
         state = plan.gdn_state_bytes(dtype=torch.bfloat16) if plan else 0
         entry = {"kv_bytes_per_token_bf16": kv_per_token, "gdn_state_bytes_bf16": state, "decode_ms": {}}
         for length in lengths:
-            cache = filled_cache(model, plan, length, dtype)
+            cache = filled_cache(model, plan, length, dtype, dynamic="DynamicCache" in name)
             entry.setdefault("cache_bytes", {})[length] = cache_nbytes(cache)
             entry.setdefault("step_bytes", {})[length] = weight_bytes(model) + cache_nbytes(cache)
             entry["decode_ms"][length] = decode_ms(model, cache, length, args.repeats)
             del cache
-        if args.prefill:
+        if args.prefill and "DynamicCache" not in name:  # a prefill does not depend on the cache class
             entry["prefill_s"] = prefill_s(model, args.prefill)
         results[name] = entry
         print(f"  {name}: done", flush=True)
@@ -143,10 +145,11 @@ def main():
         cells += [f"{e['decode_ms'][n]:.2f} ({base['decode_ms'][n] / e['decode_ms'][n]:.2f}x; "
                   f"{e['decode_ms'][n] / (e['step_bytes'][n] / bandwidth * 1e3):.1f}x)" for n in lengths]
         if args.prefill:
-            cells.append(f"{e['prefill_s']:.2f} ({base['prefill_s'] / e['prefill_s']:.2f}x)")
+            cells.append(f"{e['prefill_s']:.2f} ({base['prefill_s'] / e['prefill_s']:.2f}x)" if "prefill_s" in e else "")
         print("| " + " | ".join(cells) + " |")
     print("(x) = speed-up over the original model in the same run; /bound = time over the bytes the step must read "
-          "(weights + cache) at the bandwidth measured above; KV bytes are per token per layer")
+          "(weights + cache) at the bandwidth measured above; KV bytes are per token per layer; the original runs on "
+          "hydrahead's KVCache (appended in place), the row below it on transformers' DynamicCache")
     print(bound_line(bandwidth) + " (after the run)")
     if args.json:
         with open(args.json, "w") as f:

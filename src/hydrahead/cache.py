@@ -102,6 +102,24 @@ class KVLayer(CacheLayerMixin):
         raise CacheError("a hybrid cache cannot be cropped: its GDN states cannot be rolled back")
 
 
+class KVCache(Cache):
+    """A plain model's cache (every head FA): one `KVLayer` per layer, appended in place, where transformers'
+    DynamicCache concatenates the whole past at every step. `reserve` preallocates that many tokens.
+
+    For any Qwen3 / Llama: `model(ids, past_key_values=KVCache(model.config), use_cache=True)`. It cannot be
+    cropped (assisted decoding needs a DynamicCache)."""
+
+    def __init__(self, config, reserve: int | None = None):
+        super().__init__(layers=[KVLayer(reserve) for _ in range(config.num_hidden_layers)])
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int):
+        """Append [B, H, T, D] keys / values of `layer_idx`; returns every token's so far (views, no copy)."""
+        return self.layers[layer_idx].update(key_states, value_states)
+
+    def crop(self, max_length: int) -> None:
+        raise CacheError("a KVCache cannot be cropped; use transformers' DynamicCache for assisted decoding")
+
+
 @dataclass
 class GDNState:
     conv: torch.Tensor | None = None  # [B, C, conv_size - 1], the short conv's input history

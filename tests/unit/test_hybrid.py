@@ -12,7 +12,7 @@ from transformers import (
 
 from hydrahead.attention import HybridOptions
 from hydrahead.cache import HydraCache, cache_nbytes
-from hydrahead.compat import output_cache
+from hydrahead.compat import cache_arg, output_cache
 from hydrahead.convert import ConversionError, convert, load, save
 from hydrahead.errors import HydraheadError
 from hydrahead.plan import HeadPlan, PlanError
@@ -154,6 +154,34 @@ def test_decode_steps_update_the_gdn_states_in_place():
     after = [s for s in cache.gdn if s.recurrent is not None]
     assert held and [(s.recurrent.data_ptr(), s.conv.data_ptr()) for s in after] == held
     assert all(not torch.equal(b, s.recurrent) for b, s in zip(before, after))  # and they did change
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+def test_a_plain_model_decodes_with_the_copy_free_kv_cache(arch):
+    """KVCache on a plain Qwen3 / Llama: the same logits as a full forward and as generate() with its own
+    cache, a decode step appends into the buffer, and batch selection keeps the right rows."""
+    from hydrahead.cache import CacheError, KVCache
+
+    model = tiny(arch, seed=6)
+    x = ids(2, 24, seed=3)
+    with torch.no_grad():
+        full = model(x).logits
+        cache = KVCache(model.config, reserve=32)
+        steps = [model(x[:, :16], use_cache=True, **cache_arg(cache)).logits]
+        buffer = cache.layers[0]._keys.data_ptr()
+        for t in range(16, 24):
+            steps.append(model(x[:, t:t + 1], use_cache=True, **cache_arg(cache)).logits)
+        assert cache.layers[0]._keys.data_ptr() == buffer and cache.get_seq_length() == 24
+        assert (torch.cat(steps, dim=1) - full).abs().max().item() < 1e-4
+        cache.batch_select_indices(torch.tensor([1]))
+        nxt = model(x[1:, -1:], use_cache=True, **cache_arg(cache)).logits
+        again = model(torch.cat([x[1:], x[1:, -1:]], dim=1)).logits[:, -1:]
+        assert (nxt - again).abs().max().item() < 1e-4
+        ours = model.generate(x, max_new_tokens=6, do_sample=False, **cache_arg(KVCache(model.config)))
+        theirs = model.generate(x, max_new_tokens=6, do_sample=False)
+    assert torch.equal(ours, theirs)
+    with pytest.raises(CacheError, match="cannot be cropped"):
+        cache.crop(3)
 
 def test_cache_bytes_match_the_plan():
     model = tiny(seed=5)

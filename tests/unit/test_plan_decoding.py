@@ -5,10 +5,10 @@ import copy
 
 import pytest
 import torch
-from transformers import Cache, DynamicCache
+from transformers import Cache
 
 from hydrahead.attention import HybridOptions
-from hydrahead.cache import HydraCache
+from hydrahead.cache import HydraCache, KVCache
 from hydrahead.compat import cache_arg
 from hydrahead.convert import convert
 from hydrahead.decoding import DecodingError, SparseConfig, SparseState, plan_decoding, sparse_decoding
@@ -213,7 +213,7 @@ def test_errors_name_the_problem():
     # a plain model without a plan decodes as it always did
     with plan_decoding(model) as run:
         assert run(model) is None and run.state is None
-    assert isinstance(plan_cache(model.config), DynamicCache)
+    assert isinstance(plan_cache(model.config), KVCache)  # the plain model's copy-free cache
 
 
 def test_a_hybrid_converted_with_a_full_plan_needs_nothing_else(tmp_path):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from transformers.cache_utils import Cache
 
-from ..cache import HydraCache, KVLayer
+from ..cache import HydraCache, KVCache, KVLayer
 from ..configuration import hybrid_spec, is_hybrid
 from ..plan import HeadPlan, PlanError
 from .attention import use_blockwise_attention
@@ -155,15 +155,13 @@ def quantized_cache(config, kv_format: str = "tq4:int4", window: int = 128, sink
 
 def plan_cache(config, plan: HeadPlan | None = None):
     """The cache `plan` asks for (default: a hybrid's own plan): quantized per head where it has kv_formats,
-    the model's own otherwise (a HydraCache for a hybrid, a DynamicCache for any other model)."""
+    the model's dtype otherwise (a HydraCache for a hybrid, a KVCache for any other model: both append in place)."""
     if plan is None and is_hybrid(config):
         plan = hybrid_spec(config)[0]
     if plan is None or plan.kv_formats is None:
         if is_hybrid(config):
             return HydraCache(config, kv_layers=[KVLayer() for _ in range(config.num_hidden_layers)])
-        from transformers import DynamicCache
-
-        return DynamicCache(config=config)
+        return KVCache(config)
     return (QuantizedHydraCache if is_hybrid(config) else QuantizedKVCache)(config, plan=plan)
 
 
