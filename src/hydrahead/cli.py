@@ -460,8 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument(*flag("fusion"), default="scale", choices=["scale", "concat", "gate"],
                     help="how head outputs are combined: RMS-normalised and scaled per head, raw, or an "
                          "input-dependent softmax gate")
-    cv.add_argument(*flag("fa_position"), default="nope_logscale", choices=["nope_logscale", "rope"],
-                    help="FA heads without RoPE and with a log-length query scale, or with RoPE kept")
+    cv.add_argument(*flag("fa_position"), default="nope_logscale", choices=["nope_logscale", "rope", "rope_clamped"],
+                    help="FA heads without RoPE and with a log-length query scale, with RoPE kept, or with RoPE up "
+                         "to the native length and clamped beyond (ReRoPE, with the log-length scale)")
     cv.add_argument(*flag("gdn_shared_kv"), action="store_true",
                     help="GDN heads share their KV head's k/v (default: each GDN head gets its own copy, MHA-like)")
     cv.add_argument(*flag("conv_size"), type=int, default=4, help="width of the GDN heads' short causal convolution")
@@ -591,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument(*flag("align_steps"), type=int, help=f"stage 1 steps {pipeline_default('align_steps')}")
     pp.add_argument(*flag("distill_steps"), type=int, help=f"stage 2 steps {pipeline_default('distill_steps')}")
     pp.add_argument(*flag("long_steps"), type=int, help=f"stage 3 steps {pipeline_default('long_steps')}")
-    pp.add_argument(*flag("fa_position"), choices=["nope_logscale", "rope"],
+    pp.add_argument(*flag("fa_position"), choices=["nope_logscale", "rope", "rope_clamped"],
                     help=f"the FA heads' positions {pipeline_default('fa_position')}")
     pp.add_argument(*flag("head_weight"), type=float,
                     help=f"align: weight of the per-head MSE against the original heads {pipeline_default('head_weight')}")

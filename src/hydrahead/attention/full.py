@@ -12,6 +12,8 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 # Qwen3's is the same function; both read module.num_key_value_groups
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
+from ..errors import HydraheadError
+from .clamped_rope import clamped_rope_attention
 from .rope import apply_rope
 
 
@@ -39,8 +41,14 @@ class FABranch(nn.Module):
         self.kv_index = [kv_heads.index(h // group_size) for h in heads]  # FA query head -> cached KV slot
         self.attention_dropout = getattr(config, "attention_dropout", 0.0)
         self.sliding_window = None  # sliding-window layers are refused at conversion
-        if position == "nope_logscale":
+        if position in ("nope_logscale", "rope_clamped"):
             self.logscale_slope = nn.Parameter(torch.ones(self.num_heads))
+        if position == "rope_clamped":
+            from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+            # Qwen3's rotary embedding is Llama's; its tables are buffers that are not saved
+            self.rotary = LlamaRotaryEmbedding(config=config)
+            self.window = logscale_length  # RoPE up to the native length, clamped beyond
 
     def query_scale(self, position_ids: torch.Tensor, dtype) -> torch.Tensor:
         """[B or 1, T, H, 1]: 1 up to `logscale_length` keys, then 1 + slope * (log n / log L - 1)."""
@@ -62,6 +70,8 @@ class FABranch(nn.Module):
         if not self.uniform:
             index = torch.as_tensor(self.kv_index, device=k.device)
             k, v = k.index_select(1, index), v.index_select(1, index)
+        if self.position == "rope_clamped":
+            return self._clamped(q, k, v, gate, attention_mask)
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         if not isinstance(k, torch.Tensor):
             # a quantized cache's view (the plan's kv_formats): hydrahead's attention is the one that reads it
@@ -73,4 +83,20 @@ class FABranch(nn.Module):
             sliding_window=self.sliding_window,
         )
         # 2 * sigmoid(0) == 1 exactly: a zero-initialised gate projection leaves the branch unchanged
+        return out * (2 * torch.sigmoid(gate.view_as(out)))
+
+    def _clamped(self, q, k, v, gate, attention_mask):
+        """The rope_clamped branch: its own attention (clamped_rope.py) over keys cached unrotated."""
+        from ..decoding.attention import SLOT
+
+        if not isinstance(k, torch.Tensor):
+            raise HydraheadError("FA heads with fa_position 'rope_clamped' read a plain cache only: quantized KV "
+                                 "formats are not supported for them yet")
+        if getattr(self, SLOT, None) is not None:
+            raise HydraheadError("FA heads with fa_position 'rope_clamped' do not support sparse decoding yet")
+        if self.training and self.attention_dropout:
+            raise HydraheadError("fa_position 'rope_clamped' has no attention dropout")
+        if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() != 4:
+            raise HydraheadError(f"rope_clamped attention needs a 4-d mask, got shape {tuple(attention_mask.shape)}")
+        out = clamped_rope_attention(q, k, v, self.rotary, self.window, attention_mask, self.scaling)
         return out * (2 * torch.sigmoid(gate.view_as(out)))

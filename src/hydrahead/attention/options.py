@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from ..errors import HydraheadError
 
 FUSIONS = ("scale", "concat", "gate")
-FA_POSITIONS = ("nope_logscale", "rope")
+FA_POSITIONS = ("nope_logscale", "rope", "rope_clamped")
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,9 @@ class HybridOptions:
 
     fusion: `scale` (per-head RMSNorm, then a learned per-head gamma; the paper's choice), `concat` (raw head
     outputs, as the original model), `gate` (per-head RMSNorm, then an input-dependent softmax over heads).
-    fa_position: `nope_logscale` (FA heads drop RoPE and scale q by a log-length factor) or `rope` (kept).
+    fa_position: `nope_logscale` (FA heads drop RoPE and scale q by a log-length factor), `rope` (kept), or
+        `rope_clamped` (RoPE up to `logscale_length` tokens back, one fixed distance beyond: ReRoPE; with the
+        log-length query scale; a plain cache only, see attention/clamped_rope.py).
     gdn_mha: every GDN query head gets its own copy of its KV head's k/v projection (MHA-like), or shares it.
     conv_size: the GDN short causal convolution's width.
     logscale_length: the number of keys up to which the FA query scale stays 1 (the native context length).

@@ -27,7 +27,7 @@ class PipelineConfig:
     distill_steps: int = 200
     long_steps: int = 50
     long_factor: int = 2  # stage 3 trains at this multiple of the native length
-    fa_position: str = "nope_logscale"  # the FA heads' positions (HybridOptions.fa_position): nope_logscale | rope
+    fa_position: str = "nope_logscale"  # the FA heads' positions (HybridOptions.fa_position): nope_logscale | rope | rope_clamped
     head_weight: float = 0.0  # align: weight of the per-head MSE against the original heads (0: layer MSE only)
     batch_size: int = 8
     lr: float = 1e-3
