@@ -38,6 +38,8 @@ SKILLS_MIXTURE = {"niah_single_1": 0.10, "niah_multikey_1": 0.12, "niah_multikey
 VARIANTS: dict[str, tuple[dict, dict]] = {
     "nope_logscale": ({"fa_position": "nope_logscale"}, {}),
     "rope": ({"fa_position": "rope"}, {}),
+    # RoPE up to the native length, one fixed distance beyond (ReRoPE): rope's native skills, NoPE's reach?
+    "rope_clamped": ({"fa_position": "rope_clamped"}, {}),
     "nope_logscale + head align": ({"fa_position": "nope_logscale"}, {"align": {"head_weight": 1.0}}),
     "rope + head align": ({"fa_position": "rope"}, {"align": {"head_weight": 1.0}}),
     "rope + skills mixture": ({"fa_position": "rope"}, {"distill": {"mixture": SKILLS_MIXTURE}}),
