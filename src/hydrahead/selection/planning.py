@@ -2,6 +2,8 @@
 
 Strategies:
 - interp: the top units by the fused causal-intervention score (HydraHead);
+- interp_lowest: the bottom units by the same score, under the same per-layer / global rule (the sharpest
+  test of whether the ranking matters: the heads interp would keep last);
 - retrieval_score: the top units by Wu et al.'s retrieval score (a baseline);
 - layerwise: whole layers FA, evenly spaced, the last layer of every block (as in 3:1 hybrids);
 - random: seeded random units (a baseline).
@@ -23,7 +25,7 @@ from ..plan import HeadPlan, ModelShape, PlanError, dtype_bytes
 from .behaviours import SelectionError
 from .scores import Scores, group_max
 
-STRATEGIES = ("interp", "retrieval_score", "layerwise", "random")
+STRATEGIES = ("interp", "interp_lowest", "retrieval_score", "layerwise", "random")
 
 
 def parse_ratio(text: str) -> Fraction:
@@ -63,6 +65,9 @@ def _unit_scores(strategy: str, scores: Scores | None, shape: ModelShape, kv: bo
         raise SelectionError(f"the scores are for a model with {scores.shape.describe()}, not {shape.describe()}")
     if strategy == "interp":
         return scores.fused(kv=kv)
+    if strategy == "interp_lowest":
+        # negated, so the one selection loop below takes interp's lowest-scored units first
+        return -scores.fused(kv=kv)
     if scores.retrieval_score is None:
         raise SelectionError("these scores have no retrieval score (the sweep ran with --retrieval_samples 0)")
     return group_max(scores.retrieval_score, shape) if kv else np.asarray(scores.retrieval_score)
@@ -134,6 +139,22 @@ def make_plan(shape: ModelShape, strategy: str = "interp", ratio: str | None = "
         return HeadPlan(shape, fa_heads, granularity, meta)
     except PlanError as e:
         raise SelectionError(str(e)) from None
+
+
+def equal_kv_plan(reference: HeadPlan, strategy: str = "interp", scores: Scores | None = None,
+                  dtype="bfloat16", seed: int = 0) -> HeadPlan:
+    """A head-wise plan at KV granularity that caches as many KV heads as `reference` (e.g. a layer-wise 3:1
+    plan), so both cost the same KV bytes per token; `strategy` picks the KV groups. This is the comparison at
+    equal memory, beside the one at equal ratio."""
+    shape = reference.shape
+    units = reference.num_cached_kv
+    total = shape.num_layers * shape.num_kv_heads
+    if units == 0:
+        raise SelectionError("the reference plan caches no KV head: there is no KV budget to match")
+    plan = make_plan(shape, strategy, f"{total - units}:{units}", "kv", kv_budget=units * _kv_cost(shape, dtype),
+                     dtype=dtype, scores=scores, seed=seed)
+    plan.meta["equal_kv_to"] = reference.meta.get("strategy", "plan")
+    return plan
 
 
 def shape_group(shape: ModelShape, kv_head: int) -> list[int]:
