@@ -7,8 +7,9 @@ compared by a paired bootstrap: the per-sample differences are resampled, which 
 difficulty from the noise. A claim is then decided from the difference's interval:
 
 - "beats" (A > B): confirmed if the whole interval is above 0, refuted if it is below 0, else undecided;
-- "matches" (A = B within `margin` points): confirmed if the interval lies inside [-margin, +margin], refuted
-  if it lies wholly outside it (beyond +margin or below -margin), else undecided.
+- "matches" (A is not worse than B by more than `margin` points): confirmed if the whole interval is at or
+  above -margin, refuted if it is below -margin, else undecided. A claim such as "head-wise 7:1 matches
+  layer-wise 3:1 on retrieval" says the cheaper design loses nothing; A clearly better does not refute it.
 """
 
 from __future__ import annotations
@@ -48,9 +49,7 @@ def decide(lo: float, hi: float, rule: str, margin: float = 0.0) -> str:
     if rule == "matches":
         if margin <= 0:
             raise HydraheadError(f"'matches' needs a positive margin (points), got {margin}")
-        if -margin <= lo and hi <= margin:
-            return "confirmed"
-        return "refuted" if lo > margin or hi < -margin else "undecided"
+        return "confirmed" if lo >= -margin else "refuted" if hi < -margin else "undecided"
     raise HydraheadError(f"unknown rule {rule!r}; rules: {', '.join(RULES)}")
 
 

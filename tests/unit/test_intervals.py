@@ -31,15 +31,16 @@ def test_beats_rule_confirms_refutes_and_stays_undecided():
     assert mixed.lo < 0 < mixed.hi and mixed.verdict == "undecided"
 
 
-def test_matches_rule_uses_the_margin():
+def test_matches_rule_is_not_worse_by_more_than_the_margin():
     base = cells(1)
     assert paired_comparison(base, base, "matches", margin=5).verdict == "confirmed"
-    slightly = [[x + 1 for x in c] for c in base]
-    assert paired_comparison(slightly, base, "matches", margin=5).verdict == "confirmed"
-    far = [[x + 20 for x in c] for c in base]
-    assert paired_comparison(far, base, "matches", margin=5).verdict == "refuted"
-    assert paired_comparison(base, far, "matches", margin=5).verdict == "refuted"
-    assert decide(-2.0, 7.0, "matches", 5) == "undecided"
+    slightly_worse = [[x - 1 for x in c] for c in base]
+    assert paired_comparison(slightly_worse, base, "matches", margin=5).verdict == "confirmed"
+    better = [[x + 20 for x in c] for c in base]
+    assert paired_comparison(better, base, "matches", margin=5).verdict == "confirmed"
+    assert paired_comparison(base, better, "matches", margin=5).verdict == "refuted"  # 20 points worse
+    assert decide(-7.0, 2.0, "matches", 5) == "undecided"
+    assert (decide(-5.0, -1.0, "matches", 5), decide(-9.0, -5.5, "matches", 5)) == ("confirmed", "refuted")
 
 
 def test_pairing_removes_the_samples_own_difficulty():

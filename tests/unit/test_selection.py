@@ -384,6 +384,13 @@ def test_interp_lowest_keeps_exactly_the_heads_interp_ranks_last():
     kv_scores = with_kv_ranking(SHAPE, [[5, 2], [7, 1], [3, 8], [6, 4]])
     assert make_plan(SHAPE, "interp_lowest", "7:1", "kv", scores=kv_scores).fa_heads == [[], [4, 5, 6, 7], [], []]
     assert make_plan(SHAPE, "interp", "7:1", "kv", scores=kv_scores).fa_heads == [[], [], [4, 5, 6, 7], []]
+    # ties (heads under the noise floor all score 0): the heads interp's own ranking lists last
+    tied = with_kv_ranking(SHAPE, [[1, 2], [3, 4], [5, 6], [7, 8]])
+    for b in tied.behaviours.values():
+        b.activation = np.where(np.arange(32).reshape(4, 8) < 6, b.activation, 0.0)  # 26 heads tie at 0
+    last = tied.ranking()[-4:]
+    assert {(layer, h) for layer, hs in enumerate(make_plan(SHAPE, "interp_lowest", "7:1", scores=tied).fa_heads)
+            for h in hs} == set(last) == {(3, 4), (3, 5), (3, 6), (3, 7)}
 
 
 def test_equal_kv_plan_costs_what_layerwise_3to1_costs():

@@ -66,11 +66,18 @@ def _unit_scores(strategy: str, scores: Scores | None, shape: ModelShape, kv: bo
     if strategy == "interp":
         return scores.fused(kv=kv)
     if strategy == "interp_lowest":
-        # negated, so the one selection loop below takes interp's lowest-scored units first
-        return -scores.fused(kv=kv)
+        return scores.fused(kv=kv)  # the same scores; `_order` walks them from the other end
     if scores.retrieval_score is None:
         raise SelectionError("these scores have no retrieval score (the sweep ran with --retrieval_samples 0)")
     return group_max(scores.retrieval_score, shape) if kv else np.asarray(scores.retrieval_score)
+
+
+def _order(values: np.ndarray, strategy: str) -> np.ndarray:
+    """Indices of `values` (1-D) in the order units are kept FA: highest first, ties by index (a stable sort);
+    for interp_lowest exactly the reverse, so it keeps the units interp's ranking lists last, ties included
+    (heads under the noise floor all score 0, and many may tie)."""
+    order = np.argsort(-values, kind="stable")
+    return order[::-1] if strategy == "interp_lowest" else order
 
 
 def _kv_cost(shape: ModelShape, dtype) -> int:
@@ -106,10 +113,10 @@ def make_plan(shape: ModelShape, strategy: str = "interp", ratio: str | None = "
             raise SelectionError("--per_layer needs a ratio")
         n_layer = _count(share, per_row, ratio, f"each layer at {granularity} granularity")
         order = [(layer, u) for layer in range(shape.num_layers)
-                 for u in np.argsort(-unit_scores[layer], kind="stable")[:n_layer]]
+                 for u in _order(unit_scores[layer], strategy)[:n_layer]]
         wanted = len(order)
     else:
-        flat = np.argsort(-unit_scores.ravel(), kind="stable")
+        flat = _order(unit_scores.ravel(), strategy)
         order = [(int(i) // per_row, int(i) % per_row) for i in flat]
         total = shape.num_layers * per_row
         wanted = _count(share, total, ratio, f"the model at {granularity} granularity") if share is not None else total
