@@ -76,7 +76,8 @@ HELDOUT_SEED = 10_000  # batches the training never draws (training uses seed 0,
 ROW_FORMAT = 2  # rows of format 1 kept no per-sample scores: they are measured again
 
 # the groups the verdicts pool over (every training seed of a main row; every random plan)
-INTERP, LAYERWISE, EQUAL_KV, RANDOM = "head-wise 7:1 interp", "layer-wise 3:1", "head-wise equal-KV interp", "random 7:1"
+INTERP, LAYERWISE, RANDOM = "head-wise 7:1 interp", "layer-wise 3:1", "random 7:1"
+EQUAL_KV = "head-wise equal-KV interp"
 
 
 @dataclass
@@ -245,7 +246,9 @@ def main() -> None:
                     and row.get("budget") == json.loads(json.dumps(budget))):
                 rows[name] = row
                 continue
-            print(f"{row_path} was measured with other settings: measuring again", flush=True)
+            if name in selected and not args.render:
+                print(f"{row_path} was measured with other settings (or kept no per-sample scores): measuring "
+                      "again", flush=True)
         if name not in selected or args.render:
             continue
         folder.mkdir(parents=True, exist_ok=True)
@@ -367,7 +370,8 @@ def members(rows: dict, groups: dict, key: str) -> list[dict]:
 
 # (claim, what it says, its parts: (label, A, B, part, tasks, lengths: "all" | "native" | "max", rule, deciding))
 CLAIMS = [
-    ("(a) equal ratio", "head-wise 7:1 matches layer-wise 3:1 on long-context retrieval and beats it on the general metric",
+    ("(a) equal ratio",
+     "head-wise 7:1 matches layer-wise 3:1 on long-context retrieval and beats it on the general metric",
      [("retrieval, all lengths", INTERP, LAYERWISE, "retrieval", None, "all", "matches", True),
       ("general: vt, cwe @native", INTERP, LAYERWISE, "general", None, "native", "beats", True),
       ("held-out loss (A beats B if lower)", INTERP, LAYERWISE, "heldout_loss", None, None, "beats", False)]),
@@ -387,7 +391,8 @@ CLAIMS = [
       ("niah_single_1 @max vs all FA (RoPE) trained alike", INTERP, "all FA (RoPE), same three stages", "retrieval",
        ["niah_single_1"], "max", "beats", False)]),
     ("(d)", "scale fusion beats plain concatenation",
-     [("retrieval, all lengths", INTERP, "head-wise 7:1 interp, concat fusion", "retrieval", None, "all", "beats", True),
+     [("retrieval, all lengths", INTERP, "head-wise 7:1 interp, concat fusion", "retrieval", None, "all", "beats",
+       True),
       ("retrieval @native after align", INTERP, "head-wise 7:1 interp, concat fusion", "after_align", None, "native",
        "beats", False)]),
 ]
@@ -410,8 +415,8 @@ def decide_claims(rows: dict, groups: dict, lengths: list[int], margin: float) -
                 cb = pooled(rows_b, part, tasks, keys[at])
                 if ca and cb:
                     result = paired_comparison(ca, cb, rule, margin, random.Random(0))
-            results.append({"label": label, "part": part, "a": a, "b": b, "n_a": len(rows_a), "n_b": len(rows_b), "rule": rule,
-                            "deciding": deciding, "result": result,
+            results.append({"label": label, "part": part, "a": a, "b": b, "n_a": len(rows_a), "n_b": len(rows_b),
+                            "rule": rule, "deciding": deciding, "result": result,
                             "verdict": result.verdict if result else "undecided (not measured)"})
         deciding = [p["verdict"] if p["result"] else "undecided" for p in results if p["deciding"]]
         out.append({"claim": claim_name, "text": text, "verdict": combine(deciding), "parts": results})
@@ -462,7 +467,8 @@ def render(rows: dict, groups: dict, lengths: list[int]) -> str:
              "|---|---:|---:|" + "---:|" * (len(keys) + 5)]
 
     def line(name: str, members_: list[dict]) -> str:
-        kv = members_[0]["kv_bytes_per_token"] if len({str(r["kv_bytes_per_token"]) for r in members_}) == 1 else "mixed"
+        same = len({str(r["kv_bytes_per_token"]) for r in members_}) == 1
+        kv = members_[0]["kv_bytes_per_token"] if same else "mixed"
         losses = [pooled_losses(members_)]
         cells_ = [interval(pooled(members_, "after_align", None, [native]))]
         cells_ += [interval(pooled(members_, "retrieval", None, [n])) for n in keys]
