@@ -43,6 +43,7 @@ from bound import bound_line, load_average, read_bandwidth, weight_bytes
 
 from hydrahead.cache import cache_nbytes
 from hydrahead.compat import cache_arg
+from hydrahead.intervals import bootstrap, stratified_bootstrap
 from hydrahead.plan import HeadPlan, ModelShape
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,20 +75,6 @@ def kv_only_bytes(cache) -> int:
 
 
 # ---- (A) quality on the teacher and its trained hybrid --------------------------------------------------------
-
-
-def bootstrap(values: list[float], rng: random.Random, n: int = 2000) -> tuple[float, float]:
-    """95% percentile interval of the mean of `values` (scores 0-100)."""
-    if len(set(values)) <= 1:
-        return (values[0], values[0]) if values else (float("nan"), float("nan"))
-    means = sorted(sum(rng.choices(values, k=len(values))) / len(values) for _ in range(n))
-    return means[int(0.025 * n)], means[int(0.975 * n) - 1]
-
-
-def stratified_bootstrap(groups: list[list[float]], rng: random.Random, n: int = 2000) -> tuple[float, float]:
-    """95% interval of the mean over groups of the group means, each group resampled on its own."""
-    means = sorted(sum(sum(rng.choices(g, k=len(g))) / len(g) for g in groups) / len(groups) for _ in range(n))
-    return means[int(0.025 * n)], means[int(0.975 * n) - 1]
 
 
 def per_sample(result, tasks, lengths) -> dict[tuple[str, int], list[float]]:

@@ -1,19 +1,50 @@
-"""The HydraHead paper's comparison in miniature, on the shipped teacher.
+"""The HydraHead paper's comparison in miniature, on a teacher (the shipped 4-layer one, or the 8-layer one).
 
 Every hybrid variant gets the same three stages with the same token budget (align, distill, long
 context), then the same evaluation: niah_single_1, niah_multikey_1, niah_multivalue and vt at 1x-16x
-the native length, and a "general" metric at native length (held-out next-token loss on the corpus
-mixture, vt and cwe). Variants: the original Transformer (untrained further), head-wise 7:1 with
-interpretability-chosen heads (trained from two seeds), with random heads (three plans), by retrieval
-score, layer-wise 3:1, all-GDN, all-FA through the same stages (a control: the training alone), and the
-fusion ablation (concat, gate) on the 7:1 interp plan. The "after align" column is the mean retrieval
-score at native length right after stage 1, where the choice of heads has had the least training to
-make up for. Each variant's runs are kept in --out and reused, so the script can be stopped and run
-again, and several copies of the same command started side by side share the variants out between them
-(on 2 cores: two copies with OMP_NUM_THREADS=1).
+the native length, and a "general" metric at native length (vt and cwe, and the held-out next-token loss on
+the corpus mixture). Every plan is made from --teacher's own shape and head scores:
 
-    python benchmarks/transfer_comparison.py --out runs/comparison            # the table of docs/transfer.md
-    python benchmarks/transfer_comparison.py --quick --out runs/comparison-q  # minutes, for a smoke run
+- original: the teacher, untrained further (one row: it has no training seed);
+- head-wise 7:1 interp (query granularity), layer-wise 3:1, and head-wise equal-KV (interp's KV groups at KV
+  granularity, as many cached KV heads as layer-wise 3:1, so the same KV bytes; the script checks the bytes
+  are equal): the main rows, each trained from --train_seeds seeds (0, 1, ...);
+- head-wise 7:1 lowest-ranked (the heads interp ranks last, strategy interp_lowest) and --random_seeds random
+  7:1 plans, each trained from seed 0; head-wise 7:1 by retrieval score;
+- controls: all GDN; all FA through the same three stages (NoPE + log-scale as the hybrids' FA heads, and
+  RoPE kept: the training alone);
+- fusion ablations (concat, gate) on the interp 7:1 plan.
+
+Intervals: every cell is the mean score [95% percentile bootstrap interval] over its samples (2000
+resamples; a mean over several tasks or lengths is resampled within each task and length). The table shows
+every training seed and every random plan as its own row, and pooled rows beside them; pooling averages each
+sample's score over the seeds (or plans) of a group, so the interval is over samples, given those seeds.
+
+Verdicts on the paper's claims (a)-(d) as docs/transfer.md states them. Every variant is evaluated on the
+same samples (evaluation seed fixed), so A and B are compared by a paired bootstrap of the per-sample
+differences (resampled within each task and length), each side pooled over its training seeds (or random
+plans). From the 95% interval [lo, hi] of mean(A) - mean(B), in points:
+- "A beats B": confirmed if lo > 0, refuted if hi < 0, else undecided;
+- "A matches B" (A not worse by more than --margin, default 5 points): confirmed if lo >= -margin, refuted
+  if hi < -margin, else undecided (the claim is that the cheaper design loses nothing; better is no refutation).
+A claim made of several parts is confirmed if every part is, refuted if any part is, else undecided. The
+parts: (a) head-wise 7:1 interp matches layer-wise 3:1 on retrieval (4 tasks, all lengths) and beats it on
+the general metric (vt and cwe at native) - decided at equal ratio and, separately, with the equal-KV plan at
+equal KV bytes; (b) interp 7:1 beats the random 7:1 plans (pooled) on retrieval, and, separately, beats the
+lowest-ranked plan; (c) interp 7:1 beats the original on niah_single_1 at the longest length; (d) interp 7:1
+(scale fusion) beats concat fusion on retrieval. Rows marked "also" are printed for reading, not deciding.
+
+Each variant's runs are kept in --out and reused, so the script can be stopped and run again, and several
+copies of the same command started side by side share the variants out between them (on 2 cores: two
+copies with OMP_NUM_THREADS=1). --render (with the same --quick / --limit) trains nothing and prints the
+tables and verdicts of the variants measured so far.
+
+    OMP_NUM_THREADS=1 python benchmarks/transfer_comparison.py --out runs/comparison              # 4-layer teacher
+    OMP_NUM_THREADS=1 python benchmarks/transfer_comparison.py --teacher models/hydrahead-teacher-8l \\
+        --out runs/comparison-8l                                                                   # the 8-layer one
+    python benchmarks/transfer_comparison.py --teacher models/hydrahead-teacher-8l --out runs/comparison-8l --render
+    OMP_NUM_THREADS=1 python benchmarks/transfer_comparison.py --quick --limit 3 --out runs/comparison-q \\
+        --only "original,head-wise 7:1 interp,layer-wise 3:1"                                      # smoke, minutes
 """
 
 from __future__ import annotations
@@ -21,55 +52,149 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import time
-from dataclasses import replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from hydrahead.evaluation import evaluate, new_results_dir
+from hydrahead.atomic import final_of, new_results_dir
+from hydrahead.evaluation import evaluate
+from hydrahead.intervals import Comparison, combine, mean_of_groups, paired_comparison, stratified_bootstrap
 from hydrahead.jsonfile import write_json_atomic
 from hydrahead.models import load_causal_lm, load_model
 from hydrahead.plan import HeadPlan, ModelShape
-from hydrahead.selection import ScoreConfig, Scores, make_plan, score_heads
+from hydrahead.selection import ScoreConfig, Scores, equal_kv_plan, make_plan, score_heads
 from hydrahead.transfer.data import packed_batch
 from hydrahead.transfer.pipeline import PipelineConfig, train_hybrid
 
 RETRIEVAL_TASKS = "niah_single_1,niah_multikey_1,niah_multivalue,vt"
 GENERAL_TASKS = "vt,cwe"
 HELDOUT_SEED = 10_000  # batches the training never draws (training uses seed 0, steps from 0)
+ROW_FORMAT = 2  # rows of format 1 kept no per-sample scores: they are measured again
+
+# the groups the verdicts pool over (every training seed of a main row; every random plan)
+INTERP, LAYERWISE, RANDOM = "head-wise 7:1 interp", "layer-wise 3:1", "random 7:1"
+EQUAL_KV = "head-wise equal-KV interp"
 
 
-def variants(scores: Scores, shape: ModelShape, random_seeds: int, train_seeds: int) -> dict[str, tuple[HeadPlan | None, dict]]:
-    interp = make_plan(shape, "interp", "7:1", "query", scores=scores)
-    out: dict[str, tuple[HeadPlan | None, dict]] = {"original": (None, {}), "head-wise 7:1 interp": (interp, {})}
-    for seed in range(1, train_seeds):  # the same plan trained again from another seed: the training noise
-        out[f"head-wise 7:1 interp (train seed {seed})"] = (interp, {"train_seed": seed})
+@dataclass
+class Variant:
+    plan: Callable[[Scores, ModelShape], HeadPlan | None]  # None: the teacher itself
+    options: dict = field(default_factory=dict)  # conversion options, and train_seed
+    group: str | None = None  # pooled with the other members of its group in the verdicts
+
+
+def layerwise_3to1(scores: Scores, shape: ModelShape) -> HeadPlan:
+    return make_plan(shape, "layerwise", "3:1")
+
+
+def equal_kv(scores: Scores, shape: ModelShape) -> HeadPlan:
+    reference = layerwise_3to1(scores, shape)
+    plan = equal_kv_plan(reference, "interp", scores=scores)
+    if plan.kv_bytes_per_token() != reference.kv_bytes_per_token():  # the point of the variant: never run it otherwise
+        raise SystemExit(f"the equal-KV plan costs {plan.kv_bytes_per_token()} B/token, layer-wise 3:1 "
+                         f"{reference.kv_bytes_per_token()}")
+    return plan
+
+
+def interp_7to1(scores: Scores, shape: ModelShape) -> HeadPlan:
+    return make_plan(shape, "interp", "7:1", "query", scores=scores)
+
+
+def every_head(scores: Scores, shape: ModelShape) -> HeadPlan:
+    return HeadPlan(shape, [list(range(shape.num_heads)) for _ in range(shape.num_layers)], "kv",
+                    {"strategy": "full_attention"})
+
+
+def variants(random_seeds: int, train_seeds: int) -> dict[str, Variant]:
+    """Every variant by name; plans are built from the teacher's scores and shape only when a variant runs."""
+    out: dict[str, Variant] = {"original": Variant(lambda scores, shape: None)}
+
+    def main_row(name: str, plan, options: dict | None = None) -> None:
+        out[name] = Variant(plan, dict(options or {}), name)
+        for seed in range(1, train_seeds):  # the same plan trained again from another seed: the training noise
+            out[f"{name} (train seed {seed})"] = Variant(plan, {**(options or {}), "train_seed": seed}, name)
+
+    main_row(INTERP, interp_7to1)
+    out["head-wise 7:1 lowest-ranked"] = Variant(
+        lambda scores, shape: make_plan(shape, "interp_lowest", "7:1", "query", scores=scores))
     for seed in range(random_seeds):
-        out[f"head-wise 7:1 random (seed {seed})"] = (make_plan(shape, "random", "7:1", seed=seed), {})
+        out[f"head-wise 7:1 random (seed {seed})"] = Variant(
+            lambda scores, shape, seed=seed: make_plan(shape, "random", "7:1", seed=seed), {}, RANDOM)
     # controls without any GDN head, through the same three stages: every head FA as the hybrids' FA heads
     # are built (RoPE dropped, log-length query scale), and every head FA with RoPE kept (the training alone)
-    every_head = HeadPlan(shape, [list(range(shape.num_heads)) for _ in range(shape.num_layers)], "kv",
-                          {"strategy": "full_attention"})
-    out["all FA (NoPE + log-scale), same three stages"] = (every_head, {})
-    out["all FA (RoPE), same three stages"] = (every_head, {"fa_position": "rope"})
-    out["head-wise 7:1 retrieval score"] = (make_plan(shape, "retrieval_score", "7:1", scores=scores), {})
-    out["layer-wise 3:1"] = (make_plan(shape, "layerwise", "3:1"), {})
-    out["all GDN"] = (HeadPlan(shape, [[] for _ in range(shape.num_layers)], "kv", {"strategy": "all_gdn"}), {})
+    out["all FA (NoPE + log-scale), same three stages"] = Variant(every_head)
+    out["all FA (RoPE), same three stages"] = Variant(every_head, {"fa_position": "rope"})
+    out["head-wise 7:1 retrieval score"] = Variant(
+        lambda scores, shape: make_plan(shape, "retrieval_score", "7:1", scores=scores))
+    main_row(LAYERWISE, layerwise_3to1)
+    main_row(EQUAL_KV, equal_kv)
     # (HeadPlan.all_gdn takes a model config; the scores carry only the shape)
-    out["head-wise 7:1 interp, concat fusion"] = (interp, {"fusion": "concat"})
-    out["head-wise 7:1 interp, gate fusion"] = (interp, {"fusion": "gate"})
+    out["all GDN"] = Variant(lambda scores, shape: HeadPlan(shape, [[] for _ in range(shape.num_layers)], "kv",
+                                                            {"strategy": "all_gdn"}))
+    out["head-wise 7:1 interp, concat fusion"] = Variant(interp_7to1, {"fusion": "concat"})
+    out["head-wise 7:1 interp, gate fusion"] = Variant(interp_7to1, {"fusion": "gate"})
     return out
 
 
+def select(names: list[str], only: str | None) -> set[str]:
+    """--only: comma-separated items; an item equal to a variant's name selects that variant alone, any other
+    item every variant whose name contains it. An item that selects nothing is an error."""
+    if not only:
+        return set(names)
+    chosen: set[str] = set()
+    for item in (s.strip() for s in only.split(",")):
+        hits = [item] if item in names else [n for n in names if item and item in n]
+        if not hits:
+            raise SystemExit(f"--only: {item!r} names no variant; variants: {'; '.join(names)}")
+        chosen.update(hits)
+    return chosen
+
+
+def per_sample(result) -> dict[str, dict[str, list[float]]]:
+    """task -> length (string, as JSON keys are) -> scores 0-100 in sample-index order: every variant is
+    evaluated on the same samples, so sample i of one variant pairs with sample i of another."""
+    out: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for r in result.records:
+        out.setdefault(r["task"], {}).setdefault(str(r["length"]), []).append((r["index"], 100.0 * r["score"]))
+    for task, per in out.items():
+        for length, pairs in per.items():
+            if len({i for i, _ in pairs}) != len(pairs):  # pairing by index would be wrong
+                raise SystemExit(f"{task} @{length}: sample indices repeat")
+    return {t: {n: [s for _, s in sorted(v)] for n, v in per.items()} for t, per in out.items()}
+
+
 @torch.no_grad()
-def heldout_loss(model, tokenizer, length: int, batches: int = 4) -> float:
+def heldout_losses(model, tokenizer, length: int, batches: int = 4) -> list[float]:
+    """Next-token loss of every held-out sequence (4 batches of 4): the same sequences for every variant."""
     losses = []
     for step in range(batches):
-        ids = packed_batch(tokenizer, HELDOUT_SEED, step, length, 4)
+        ids = packed_batch(tokenizer, HELDOUT_SEED, step, length, 4)  # [4, length]
         logits = model(input_ids=ids, use_cache=False).logits.float()
-        losses.append(torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten()).item())
-    return sum(losses) / len(losses)
+        ce = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+        losses += ce.mean(1).tolist()
+    return losses
+
+
+def budget_of(cfg: PipelineConfig) -> dict:
+    """What shapes the training (and the scores): a --out made with one budget is never reused with another."""
+    keys = ("teacher", "behaviours", "num_pairs", "align_steps", "distill_steps", "long_steps", "long_factor",
+            "batch_size", "lr", "fa_position", "head_weight")
+    return {k: getattr(cfg, k) for k in keys}
+
+
+def check_budget(out: Path, budget: dict) -> None:
+    path = out / "budget.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != json.loads(json.dumps(budget)):
+            diff = {k: (old.get(k), v) for k, v in json.loads(json.dumps(budget)).items() if old.get(k) != v}
+            raise SystemExit(f"{out} holds runs made with another budget (old, new): {diff}; use another --out")
+    else:
+        write_json_atomic(path, budget)
 
 
 def main() -> None:
@@ -77,13 +202,24 @@ def main() -> None:
     ap.add_argument("--teacher", default="models/hydrahead-teacher-3m")
     ap.add_argument("--out", default="runs/comparison")
     ap.add_argument("--results", default="results/comparison")
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--random_seeds", type=int, default=3, help="random 7:1 plans, each trained with seed 0")
-    ap.add_argument("--train_seeds", type=int, default=2, help="trainings of the interp 7:1 plan (seeds 0..N-1)")
+    ap.add_argument("--quick", action="store_true", help="the pipeline's quick budget (minutes per variant)")
+    ap.add_argument("--random_seeds", type=int, default=5, help="random 7:1 plans, each trained with seed 0")
+    ap.add_argument("--train_seeds", type=int, default=2,
+                    help="trainings of every main row (interp 7:1, layer-wise 3:1, equal-KV): seeds 0..N-1")
     ap.add_argument("--limit", type=int, help="samples per task and length (default 20; quick 5)")
-    ap.add_argument("--only", help="comma-separated substrings: run only the variants whose name has one")
+    ap.add_argument("--margin", type=float, default=5.0,
+                    help="'A matches B' is confirmed if A - B's interval is at or above -margin (points)")
+    ap.add_argument("--only", help="comma-separated: a variant's exact name, or a substring of the names to run")
     ap.add_argument("--render", action="store_true", help="train nothing: tabulate the variants measured so far")
     args = ap.parse_args()
+    if args.random_seeds < 0 or args.train_seeds < 1:
+        raise SystemExit("--random_seeds must be >= 0 and --train_seeds >= 1")
+    if args.margin <= 0:
+        raise SystemExit(f"--margin must be positive, got {args.margin}")
+    if args.limit is not None and args.limit < 2:
+        raise SystemExit(f"--limit must be at least 2 (a bootstrap over one sample is no interval), got {args.limit}")
+    table = variants(args.random_seeds, args.train_seeds)
+    selected = select(list(table), args.only)  # before minutes of loading and scoring
 
     cfg = PipelineConfig.quick(teacher=args.teacher, out=args.out) if args.quick else PipelineConfig(
         teacher=args.teacher, out=args.out, limit=20)
@@ -93,66 +229,92 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     teacher, tokenizer = load_causal_lm(args.teacher)
     native = int(teacher.config.max_position_embeddings)
-    scores_path = out / "scores.json"
-    if not scores_path.exists():
-        config = ScoreConfig(behaviours=cfg.behaviours, length=native, num_pairs=cfg.num_pairs, seed=cfg.seed)
-        score_heads(teacher, tokenizer, config, args.teacher).save(scores_path)
-    scores = Scores.load(scores_path)
     shape = ModelShape.of(teacher.config)
     lengths = [native * f for f in cfg.factors]
+    budget = budget_of(cfg)
+    if not args.render:
+        check_budget(out, budget)
 
     rows = {}
-    for name, (plan, options) in variants(scores, shape, args.random_seeds, args.train_seeds).items():
+    scores = None
+    for name, variant in table.items():
         folder = out / slug(name)
         row_path = folder / "row.json"
-        selected = not args.only or any(s.strip() in name for s in args.only.split(","))
         if row_path.exists():  # measured before (maybe by another process): reuse, so runs can be split and resumed
             row = json.loads(row_path.read_text())
-            if row.get("limit") == cfg.limit and row.get("lengths") == lengths:
+            if (row.get("format") == ROW_FORMAT and row.get("limit") == cfg.limit and row.get("lengths") == lengths
+                    and row.get("budget") == json.loads(json.dumps(budget))):
                 rows[name] = row
                 continue
-            print(f"{row_path} was measured with other settings: measuring again", flush=True)
-        if not selected or args.render:
+            if name in selected and not args.render:
+                print(f"{row_path} was measured with other settings (or kept no per-sample scores): measuring "
+                      "again", flush=True)
+        if name not in selected or args.render:
             continue
         folder.mkdir(parents=True, exist_ok=True)
         if not claim(folder):
             print(f"== {name}: another process is on it; skipped", flush=True)
             continue
+        if scores is None:
+            scores = load_scores(out, teacher, tokenizer, cfg, native)
         start = time.perf_counter()
+        plan = variant.plan(scores, shape)
         if plan is None:
             model = teacher
         else:
             plan.save(folder / "plan.json")
             print(f"== {name}: {plan.summary().splitlines()[1].strip()}", flush=True)
-            options = dict(options)
+            options = dict(variant.options)
             train_cfg = replace(cfg, seed=options.pop("train_seed", cfg.seed))  # evaluation keeps cfg.seed
             model = load_model(train_hybrid(train_cfg, folder / "plan.json", folder, native, options, progress=True))
+        trained = time.perf_counter() - start
         retrieval = evaluate(model, tokenizer, RETRIEVAL_TASKS, lengths, cfg.limit, cfg.seed, progress=False)
         general = evaluate(model, tokenizer, GENERAL_TASKS, [native], cfg.limit, cfg.seed, progress=False)
+        after_align = None
+        if (folder / "align" / "model").is_dir():  # where the head choice matters most: right after stage 1
+            aligned = evaluate(load_model(folder / "align" / "model"), tokenizer, RETRIEVAL_TASKS, [native], cfg.limit,
+                               cfg.seed, progress=False)
+            after_align = per_sample(aligned)
         kv = (plan or HeadPlan.full_attention(teacher.config)).kv_bytes_per_token()
-        row = {"kv_bytes_per_token": kv, "retrieval": retrieval.scores, "general": general.scores,
-               "heldout_loss": round(heldout_loss(model, tokenizer, native), 4),
-               "minutes": round((time.perf_counter() - start) / 60, 1), "limit": cfg.limit, "lengths": lengths}
+        losses = heldout_losses(model, tokenizer, native)
+        row = {"format": ROW_FORMAT, "kv_bytes_per_token": kv, "fa_heads": plan.fa_heads if plan else None,
+               "train_seed": variant.options.get("train_seed", cfg.seed) if plan else None,
+               "retrieval": retrieval.scores, "general": general.scores,
+               "samples": {"retrieval": per_sample(retrieval), "general": per_sample(general),
+                           "after_align": after_align, "heldout_loss": losses},
+               "heldout_loss": round(sum(losses) / len(losses), 4),
+               "train_minutes": round(trained / 60, 2), "minutes": round((time.perf_counter() - start) / 60, 2),
+               "load_average": [round(x, 2) for x in os.getloadavg()],
+               "limit": cfg.limit, "lengths": lengths, "budget": budget}
         rows[name] = json.loads(json.dumps(row))  # the same string-keyed form a reused row has
         write_json_atomic(row_path, rows[name])
         (folder / "claim").unlink()
-        print(f"{name}: {json.dumps(rows[name])}", flush=True)
+        print(f"{name}: {rows[name]['minutes']} min (training {rows[name]['train_minutes']}), "
+              f"KV {kv} B/token", flush=True)
 
-    for name, row in rows.items():  # where the head choice matters most: right after stage 1, at native length
-        align = out / slug(name) / "align" / "model"
-        if "after_align" not in row and align.is_dir():
-            result = evaluate(load_model(align), tokenizer, RETRIEVAL_TASKS, [native], cfg.limit, cfg.seed, progress=False)
-            row["after_align"] = json.loads(json.dumps(result.scores))
-            write_json_atomic(out / slug(name) / "row.json", row)
+    rows = {name: rows[name] for name in table if name in rows}  # the variants' order
+    groups = {name: table[name].group for name in rows}
+    text = render(rows, groups, lengths)
+    verdicts = decide_claims(rows, groups, lengths, args.margin)
+    text += "\n\n" + render_verdicts(verdicts, args.margin)
+    with new_results_dir(args.results, "comparison") as partial:
+        (partial / "comparison.json").write_text(json.dumps(
+            {"config": vars(cfg), "args": vars(args), "rows": rows,
+             "verdicts": [{**v, "parts": [{**p, "result": asdict(p["result"]) if p["result"] else None}
+                                          for p in v["parts"]]} for v in verdicts]}, indent=1, default=str))
+        (partial / "comparison.md").write_text(text + "\n")
+        if rows:
+            plot(rows, lengths, partial / "comparison.png")
+    print(text)
+    print(f"results: {final_of(partial)}")
 
-    folder = new_results_dir(args.results, "comparison")
-    folder.mkdir(parents=True)
-    table = render(rows, lengths)
-    (folder / "comparison.json").write_text(json.dumps({"config": vars(cfg), "rows": rows}, indent=1, default=str))
-    (folder / "comparison.md").write_text(table + "\n")
-    plot(rows, lengths, folder / "comparison.png")
-    print(table)
-    print(f"results: {folder}")
+
+def load_scores(out: Path, teacher, tokenizer, cfg: PipelineConfig, native: int) -> Scores:
+    path = out / "scores.json"
+    if not path.exists():
+        config = ScoreConfig(behaviours=cfg.behaviours, length=native, num_pairs=cfg.num_pairs, seed=cfg.seed)
+        score_heads(teacher, tokenizer, config, cfg.teacher).save(path)
+    return Scores.load(path)
 
 
 def claim(folder: Path) -> bool:
@@ -176,6 +338,156 @@ def claim(folder: Path) -> bool:
         return False
     finally:
         tmp.unlink()
+
+
+# ---- cells, pooling, verdicts ----------------------------------------------------------------------------------
+
+def cells(row: dict, part: str, tasks: list[str] | None, lengths: list[str]) -> list[list[float]] | None:
+    """The per-sample scores of a row's cells (one list per task and length), or None if it has none."""
+    samples = row["samples"].get(part)
+    if not samples:
+        return None
+    return [samples[t][n] for t in (tasks or list(samples)) for n in lengths]
+
+
+def pooled(rows: list[dict], part: str, tasks: list[str] | None, lengths: list[str]) -> list[list[float]] | None:
+    """Each sample's score averaged over the rows (training seeds, or random plans): one list per cell."""
+    each = [cells(r, part, tasks, lengths) for r in rows]
+    if not each or any(c is None for c in each):
+        return None
+    return [[sum(xs) / len(xs) for xs in zip(*per_row)] for per_row in zip(*each)]
+
+
+def pooled_losses(rows: list[dict]) -> list[float]:
+    """Each held-out sequence's loss averaged over the rows."""
+    return [sum(xs) / len(xs) for xs in zip(*[r["samples"]["heldout_loss"] for r in rows])]
+
+
+def members(rows: dict, groups: dict, key: str) -> list[dict]:
+    """The rows of a group (or the single row named `key`)."""
+    return [r for name, r in rows.items() if groups.get(name) == key or name == key]
+
+
+# (claim, what it says, its parts: (label, A, B, part, tasks, lengths: "all" | "native" | "max", rule, deciding))
+CLAIMS = [
+    ("(a) equal ratio",
+     "head-wise 7:1 matches layer-wise 3:1 on long-context retrieval and beats it on the general metric",
+     [("retrieval, all lengths", INTERP, LAYERWISE, "retrieval", None, "all", "matches", True),
+      ("general: vt, cwe @native", INTERP, LAYERWISE, "general", None, "native", "beats", True),
+      ("held-out loss (A beats B if lower)", INTERP, LAYERWISE, "heldout_loss", None, None, "beats", False)]),
+    ("(a) equal KV bytes", "head-wise (interp KV groups, layer-wise 3:1's KV bytes) matches layer-wise 3:1 on "
+     "retrieval and beats it on the general metric",
+     [("retrieval, all lengths", EQUAL_KV, LAYERWISE, "retrieval", None, "all", "matches", True),
+      ("general: vt, cwe @native", EQUAL_KV, LAYERWISE, "general", None, "native", "beats", True)]),
+    ("(b) vs random", "interpretability-chosen heads beat random ones",
+     [("retrieval, all lengths", INTERP, RANDOM, "retrieval", None, "all", "beats", True),
+      ("retrieval @native after align", INTERP, RANDOM, "after_align", None, "native", "beats", False)]),
+    ("(b) vs lowest", "interpretability-chosen heads beat the heads interp ranks last",
+     [("retrieval, all lengths", INTERP, "head-wise 7:1 lowest-ranked", "retrieval", None, "all", "beats", True),
+      ("retrieval @native after align", INTERP, "head-wise 7:1 lowest-ranked", "after_align", None, "native", "beats",
+       False)]),
+    ("(c)", "far past the native length the hybrid keeps single-key retrieval while the Transformer collapses",
+     [("niah_single_1 @max", INTERP, "original", "retrieval", ["niah_single_1"], "max", "beats", True),
+      ("niah_single_1 @max vs all FA (RoPE) trained alike", INTERP, "all FA (RoPE), same three stages", "retrieval",
+       ["niah_single_1"], "max", "beats", False)]),
+    ("(d)", "scale fusion beats plain concatenation",
+     [("retrieval, all lengths", INTERP, "head-wise 7:1 interp, concat fusion", "retrieval", None, "all", "beats",
+       True),
+      ("retrieval @native after align", INTERP, "head-wise 7:1 interp, concat fusion", "after_align", None, "native",
+       "beats", False)]),
+]
+
+
+def decide_claims(rows: dict, groups: dict, lengths: list[int], margin: float) -> list[dict]:
+    keys = {"all": [str(n) for n in lengths], "native": [str(lengths[0])], "max": [str(lengths[-1])]}
+    out = []
+    for claim_name, text, parts in CLAIMS:
+        results = []
+        for label, a, b, part, tasks, at, rule, deciding in parts:
+            rows_a, rows_b = members(rows, groups, a), members(rows, groups, b)
+            result = None
+            if part == "heldout_loss":  # one cell of sequences; lower is better, so it is compared negated
+                if rows_a and rows_b:
+                    la, lb = pooled_losses(rows_a), pooled_losses(rows_b)
+                    result = paired_comparison([[-x for x in la]], [[-x for x in lb]], rule, margin, random.Random(0))
+            else:
+                ca = pooled(rows_a, part, tasks, keys[at])
+                cb = pooled(rows_b, part, tasks, keys[at])
+                if ca and cb:
+                    result = paired_comparison(ca, cb, rule, margin, random.Random(0))
+            results.append({"label": label, "part": part, "a": a, "b": b, "n_a": len(rows_a), "n_b": len(rows_b),
+                            "rule": rule, "deciding": deciding, "result": result,
+                            "verdict": result.verdict if result else "undecided (not measured)"})
+        deciding = [p["verdict"] if p["result"] else "undecided" for p in results if p["deciding"]]
+        out.append({"claim": claim_name, "text": text, "verdict": combine(deciding), "parts": results})
+    return out
+
+
+def render_verdicts(verdicts: list[dict], margin: float) -> str:
+    lines = [f"Verdicts (paired bootstrap over samples, 95%; each side pooled over its training seeds or plans; "
+             f"'matches': not worse by more than {margin:g} points; 'also' rows do not decide)",
+             "", "| claim | verdict | part | A (n) | B (n) | mean A | mean B | A - B [95%] | rule | part verdict |",
+             "|---|---|---|---|---|---:|---:|---|---|---|"]
+    for v in verdicts:
+        for i, p in enumerate(v["parts"]):
+            r: Comparison | None = p["result"]
+            if r is None:
+                nums = "- | - | -"
+            elif p["part"] == "heldout_loss":  # compared negated (higher is better): show the losses themselves
+                nums = f"{-r.a:.3f} | {-r.b:.3f} | {-r.diff:+.3f} [{-r.hi:+.3f}, {-r.lo:+.3f}]"
+            else:
+                nums = f"{r.a:.1f} | {r.b:.1f} | {r.diff:+.1f} [{r.lo:+.1f}, {r.hi:+.1f}]"
+            if p["rule"] == "matches":
+                rule = f"matches (A - B >= -{margin:g})"
+            else:  # a loss is better lower: its row shows the losses, so A beats B where A - B < 0
+                rule = "beats (A - B < 0)" if p["part"] == "heldout_loss" else "beats (A - B > 0)"
+            head = f"{v['claim']}: {v['text']} | **{v['verdict']}**" if i == 0 else " | "
+            label = p["label"] if p["deciding"] else f"also: {p['label']}"
+            lines.append(f"| {head} | {label} | {p['a']} ({p['n_a']}) | {p['b']} ({p['n_b']}) | {nums} | {rule} | "
+                         f"{p['verdict']} |")
+    return "\n".join(lines)
+
+
+# ---- the table ---------------------------------------------------------------------------------------------------
+
+def interval(groups: list[list[float]] | None, digits: int = 1) -> str:
+    """'mean [lo, hi]' over the samples of `groups` (resampled within each group), or '-'."""
+    if not groups:
+        return "-"
+    lo, hi = stratified_bootstrap(groups, random.Random(0))
+    return f"{mean_of_groups(groups):.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def render(rows: dict, groups: dict, lengths: list[int]) -> str:
+    native, keys = str(lengths[0]), [str(n) for n in lengths]  # rows are JSON: lengths are string keys
+    head = ("| variant | KV B/token | after align @native | " + " | ".join(f"retrieval @{n}" for n in keys)
+            + " | retrieval, all lengths | niah_single_1 @max | vt @native | cwe @native | held-out loss |")
+    lines = ["Mean score [95% bootstrap interval over samples]; every training seed and random plan is a row, "
+             "and 'pooled' rows average each sample over a group's rows.", "", head,
+             "|---|---:|---:|" + "---:|" * (len(keys) + 5)]
+
+    def line(name: str, members_: list[dict]) -> str:
+        same = len({str(r["kv_bytes_per_token"]) for r in members_}) == 1
+        kv = members_[0]["kv_bytes_per_token"] if same else "mixed"
+        losses = [pooled_losses(members_)]
+        cells_ = [interval(pooled(members_, "after_align", None, [native]))]
+        cells_ += [interval(pooled(members_, "retrieval", None, [n])) for n in keys]
+        cells_ += [f"**{interval(pooled(members_, 'retrieval', None, keys))}**",
+                   interval(pooled(members_, "retrieval", ["niah_single_1"], [keys[-1]])),
+                   interval(pooled(members_, "general", ["vt"], [native])),
+                   interval(pooled(members_, "general", ["cwe"], [native])), interval(losses, 3)]
+        return f"| {name} | {kv} | " + " | ".join(cells_) + " |"
+
+    done = set()
+    for name, row in rows.items():
+        lines.append(line(name, [row]))
+        group = groups.get(name)
+        if group and group not in done:
+            in_group = [n for n in rows if groups.get(n) == group]
+            if len(in_group) > 1 and name == in_group[-1]:  # after the group's last row
+                lines.append(line(f"*{group}, pooled over {len(in_group)}*", [rows[n] for n in in_group]))
+                done.add(group)
+    return "\n".join(lines)
 
 
 def plot(rows: dict, lengths: list[int], path: Path) -> Path:
@@ -206,23 +518,6 @@ def plot(rows: dict, lengths: list[int], path: Path) -> Path:
 
 def slug(name: str) -> str:
     return name.replace(" ", "_").replace(":", "to").replace(",", "").replace("(", "").replace(")", "")
-
-
-def render(rows: dict, lengths: list[int]) -> str:
-    native, lengths = str(lengths[0]), [str(n) for n in lengths]  # rows are JSON: lengths are string keys
-    head = ("| variant | KV B/token | after align @native | " + " | ".join(f"retrieval @{n}" for n in lengths)
-            + " | retrieval, all lengths | niah_single_1 @max | vt @native | cwe @native | held-out loss |")
-    lines = [head, "|---|---:|---:|" + "---:|" * (len(lengths) + 5)]
-    for name, r in rows.items():
-        mean = [sum(per[n] for per in r["retrieval"].values()) / len(r["retrieval"]) for n in lengths]
-        aligned = r.get("after_align")
-        aligned = f"{sum(per[native] for per in aligned.values()) / len(aligned):.1f}" if aligned else "-"
-        lines.append(
-            f"| {name} | {r['kv_bytes_per_token']} | {aligned} | " + " | ".join(f"{m:.1f}" for m in mean)
-            + f" | **{sum(mean) / len(mean):.1f}** | {r['retrieval']['niah_single_1'][lengths[-1]]:.1f} | {r['general']['vt'][native]:.1f}"
-            f" | {r['general']['cwe'][native]:.1f} | {r['heldout_loss']:.3f} |"
-        )
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -506,8 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl = command(sub, "plan", "a head plan from scores (or a layer-wise / random baseline)")
     pl.add_argument(*flag("scores"), help="a scores JSON file from `hydrahead score`")
     pl.add_argument(*flag("model"), help="a model directory (for layerwise / random plans without scores)")
-    pl.add_argument(*flag("strategy"), default="interp", choices=["interp", "retrieval_score", "layerwise", "random"],
-                    help="fused causal scores, the retrieval-score baseline, whole layers, or random heads")
+    pl.add_argument(*flag("strategy"), default="interp",
+                    choices=["interp", "interp_lowest", "retrieval_score", "layerwise", "random"],
+                    help="fused causal scores (interp_lowest: the heads they rank last), the retrieval-score "
+                         "baseline, whole layers, or random heads")
     pl.add_argument(*flag("ratio"), help="GDN:FA units, e.g. 7:1 (default: 7:1 unless --kv_budget is given)")
     pl.add_argument(*flag("granularity"), default="query", choices=["query", "kv"],
                     help="units are query heads, or whole KV groups (which is what saves cache)")

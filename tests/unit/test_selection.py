@@ -357,6 +357,62 @@ def test_interp_plan_keeps_the_top_heads():
     assert plan.meta["strategy"] == "interp" and plan.ratio == "7:1"
 
 
+def with_kv_ranking(shape: ModelShape, kv_values) -> Scores:
+    """ranked_scores, with every behaviour's KV-group effects set to `kv_values` [L, KV] (distinct values)."""
+    scores = ranked_scores(shape)
+    for b in scores.behaviours.values():
+        b.activation_kv = np.asarray(kv_values, dtype=float)
+    return scores
+
+
+def test_interp_lowest_keeps_exactly_the_heads_interp_ranks_last():
+    scores = ranked_scores()
+    fused = scores.fused()
+    # global rule: the 4 lowest fused scores of the whole model (here the last four heads of layer 3)
+    plan = make_plan(SHAPE, "interp_lowest", "7:1", "query", scores=scores)
+    lowest = {(int(i) // SHAPE.num_heads, int(i) % SHAPE.num_heads) for i in np.argsort(fused.ravel())[:4]}
+    assert {(layer, h) for layer, heads in enumerate(plan.fa_heads) for h in heads} == lowest
+    assert plan.fa_heads == [[], [], [], [4, 5, 6, 7]] and plan.meta["strategy"] == "interp_lowest"
+    top = make_plan(SHAPE, "interp", "7:1", "query", scores=scores)
+    assert max(fused[layer, h] for layer, hs in enumerate(plan.fa_heads) for h in hs) < min(
+        fused[layer, h] for layer, hs in enumerate(top.fa_heads) for h in hs)
+    # per-layer rule: the lowest 2 of every layer, as interp takes the top 2 of every layer
+    per_layer = make_plan(SHAPE, "interp_lowest", "3:1", "query", scores=scores, per_layer=True)
+    assert per_layer.fa_heads == [sorted(np.argsort(fused[layer])[:2].tolist()) for layer in range(4)]
+    assert per_layer.fa_heads == [[6, 7]] * 4
+    # KV granularity ranks whole groups by their fused KV score
+    kv_scores = with_kv_ranking(SHAPE, [[5, 2], [7, 1], [3, 8], [6, 4]])
+    assert make_plan(SHAPE, "interp_lowest", "7:1", "kv", scores=kv_scores).fa_heads == [[], [4, 5, 6, 7], [], []]
+    assert make_plan(SHAPE, "interp", "7:1", "kv", scores=kv_scores).fa_heads == [[], [], [4, 5, 6, 7], []]
+    # ties (heads under the noise floor all score 0): the heads interp's own ranking lists last
+    tied = with_kv_ranking(SHAPE, [[1, 2], [3, 4], [5, 6], [7, 8]])
+    for b in tied.behaviours.values():
+        b.activation = np.where(np.arange(32).reshape(4, 8) < 6, b.activation, 0.0)  # 26 heads tie at 0
+    last = tied.ranking()[-4:]
+    assert {(layer, h) for layer, hs in enumerate(make_plan(SHAPE, "interp_lowest", "7:1", scores=tied).fa_heads)
+            for h in hs} == set(last) == {(3, 4), (3, 5), (3, 6), (3, 7)}
+
+
+def test_equal_kv_plan_costs_what_layerwise_3to1_costs():
+    from hydrahead.selection import equal_kv_plan
+
+    for shape in (SHAPE, ModelShape(8, 8, 2, 16)):  # the 4-layer teacher's kind, and the 8-layer teacher's shape
+        layerwise = make_plan(shape, "layerwise", "3:1")
+        units = shape.num_layers * shape.num_kv_heads
+        scores = with_kv_ranking(shape, np.random.default_rng(0).permutation(units).reshape(shape.num_layers, -1) + 1)
+        plan = equal_kv_plan(layerwise, "interp", scores=scores)
+        assert plan.granularity == "kv" and plan.num_cached_kv == layerwise.num_cached_kv
+        assert plan.kv_bytes_per_token() == layerwise.kv_bytes_per_token() == (
+            shape.num_layers // 4 * shape.num_kv_heads * 2 * shape.head_dim * 2)
+        # chosen by interp's KV-group scores: the best groups, not whole layers at the end of each block
+        best = np.argsort(-scores.fused(kv=True).ravel(), kind="stable")[:layerwise.num_cached_kv]
+        assert {(layer, kv) for layer in range(shape.num_layers) for kv in plan.fa_kv_heads(layer)} == {
+            (int(i) // shape.num_kv_heads, int(i) % shape.num_kv_heads) for i in best}
+        assert plan.fa_heads != layerwise.fa_heads
+    with pytest.raises(SelectionError, match="caches no KV head"):
+        equal_kv_plan(make_plan(SHAPE, "random", "1:0"), "interp", scores=ranked_scores())
+
+
 def test_kv_granularity_keeps_whole_groups_and_saves_cache():
     query = make_plan(SHAPE, "interp", "3:1", "query", scores=ranked_scores())
     kv = make_plan(SHAPE, "interp", "3:1", "kv", scores=ranked_scores())

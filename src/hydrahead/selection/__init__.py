@@ -20,7 +20,7 @@ from .patching import (
     prepare_runs,
 )
 from .path import path_patching
-from .planning import STRATEGIES, make_plan, parse_ratio
+from .planning import STRATEGIES, equal_kv_plan, make_plan, parse_ratio
 from .retrieval_score import retrieval_scores
 from .scores import BehaviourScores, Scores, rank_normalise
 from .sweep import ScoreConfig, partial_path, score_heads
@@ -41,6 +41,7 @@ __all__ = [
     "ablation_curve",
     "activation_patching",
     "attribution_patching",
+    "equal_kv_plan",
     "get_behaviours",
     "group_units",
     "head_means",

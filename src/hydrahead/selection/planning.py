@@ -2,6 +2,8 @@
 
 Strategies:
 - interp: the top units by the fused causal-intervention score (HydraHead);
+- interp_lowest: the bottom units by the same score, under the same per-layer / global rule (the sharpest
+  test of whether the ranking matters: the heads interp would keep last);
 - retrieval_score: the top units by Wu et al.'s retrieval score (a baseline);
 - layerwise: whole layers FA, evenly spaced, the last layer of every block (as in 3:1 hybrids);
 - random: seeded random units (a baseline).
@@ -23,7 +25,7 @@ from ..plan import HeadPlan, ModelShape, PlanError, dtype_bytes
 from .behaviours import SelectionError
 from .scores import Scores, group_max
 
-STRATEGIES = ("interp", "retrieval_score", "layerwise", "random")
+STRATEGIES = ("interp", "interp_lowest", "retrieval_score", "layerwise", "random")
 
 
 def parse_ratio(text: str) -> Fraction:
@@ -63,9 +65,19 @@ def _unit_scores(strategy: str, scores: Scores | None, shape: ModelShape, kv: bo
         raise SelectionError(f"the scores are for a model with {scores.shape.describe()}, not {shape.describe()}")
     if strategy == "interp":
         return scores.fused(kv=kv)
+    if strategy == "interp_lowest":
+        return scores.fused(kv=kv)  # the same scores; `_order` walks them from the other end
     if scores.retrieval_score is None:
         raise SelectionError("these scores have no retrieval score (the sweep ran with --retrieval_samples 0)")
     return group_max(scores.retrieval_score, shape) if kv else np.asarray(scores.retrieval_score)
+
+
+def _order(values: np.ndarray, strategy: str) -> np.ndarray:
+    """Indices of `values` (1-D) in the order units are kept FA: highest first, ties by index (a stable sort);
+    for interp_lowest exactly the reverse, so it keeps the units interp's ranking lists last, ties included
+    (heads under the noise floor all score 0, and many may tie)."""
+    order = np.argsort(-values, kind="stable")
+    return order[::-1] if strategy == "interp_lowest" else order
 
 
 def _kv_cost(shape: ModelShape, dtype) -> int:
@@ -101,10 +113,10 @@ def make_plan(shape: ModelShape, strategy: str = "interp", ratio: str | None = "
             raise SelectionError("--per_layer needs a ratio")
         n_layer = _count(share, per_row, ratio, f"each layer at {granularity} granularity")
         order = [(layer, u) for layer in range(shape.num_layers)
-                 for u in np.argsort(-unit_scores[layer], kind="stable")[:n_layer]]
+                 for u in _order(unit_scores[layer], strategy)[:n_layer]]
         wanted = len(order)
     else:
-        flat = np.argsort(-unit_scores.ravel(), kind="stable")
+        flat = _order(unit_scores.ravel(), strategy)
         order = [(int(i) // per_row, int(i) % per_row) for i in flat]
         total = shape.num_layers * per_row
         wanted = _count(share, total, ratio, f"the model at {granularity} granularity") if share is not None else total
@@ -134,6 +146,22 @@ def make_plan(shape: ModelShape, strategy: str = "interp", ratio: str | None = "
         return HeadPlan(shape, fa_heads, granularity, meta)
     except PlanError as e:
         raise SelectionError(str(e)) from None
+
+
+def equal_kv_plan(reference: HeadPlan, strategy: str = "interp", scores: Scores | None = None,
+                  dtype="bfloat16", seed: int = 0) -> HeadPlan:
+    """A head-wise plan at KV granularity that caches as many KV heads as `reference` (e.g. a layer-wise 3:1
+    plan), so both cost the same KV bytes per token; `strategy` picks the KV groups. This is the comparison at
+    equal memory, beside the one at equal ratio."""
+    shape = reference.shape
+    units = reference.num_cached_kv
+    total = shape.num_layers * shape.num_kv_heads
+    if units == 0:
+        raise SelectionError("the reference plan caches no KV head: there is no KV budget to match")
+    plan = make_plan(shape, strategy, f"{total - units}:{units}", "kv", kv_budget=units * _kv_cost(shape, dtype),
+                     dtype=dtype, scores=scores, seed=seed)
+    plan.meta["equal_kv_to"] = reference.meta.get("strategy", "plan")
+    return plan
 
 
 def shape_group(shape: ModelShape, kv_head: int) -> list[int]:
