@@ -99,11 +99,14 @@ class KVFormat:
         scales = {name: take(t) for name, t in q.scales.items()}
         return QTensor(q.format, (index[0].numel(), q.shape[-1]), q.dtype, take(q.payload), scales)
 
-    def score_keys(self, keys: QTensor):
-        """(transform, k) with transform(q) @ k^T == q @ dequantize(keys)^T: float32 keys [..., T, D] in the space a
-        query is scored in, and the map of a query there (None: the identity). The fused decode path scores with
-        it; a rotating format (tq4) rotates the query once instead of unrotating every key."""
-        return None, self._dequantize(keys).float()
+    def key_query(self, query: torch.Tensor) -> torch.Tensor:
+        """The query in the space `score_keys` decodes keys to (the identity here)."""
+        return query
+
+    def score_keys(self, keys: QTensor) -> torch.Tensor:
+        """Float32 keys [..., T, D] such that key_query(q) @ score_keys(keys)^T == q @ dequantize(keys)^T. The fused
+        decode path scores with them; a rotating format (tq4) rotates the query once instead of every key."""
+        return self._dequantize(keys).float()
 
     def _check_q(self, q: QTensor) -> None:
         if q.format != self.name:

@@ -16,9 +16,9 @@ prefill's many rows are better served by the reference's matmuls.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
+import types
 
 import torch
 
@@ -48,12 +48,11 @@ def chunk_step(q: torch.Tensor, k_payload: torch.Tensor, k_scales: dict[str, tor
                v_scales: dict[str, torch.Tensor], bias: torch.Tensor | None, m: torch.Tensor, l: torch.Tensor,
                acc: torch.Tensor, key_format: KVFormat, value_format: KVFormat
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One chunk of the online softmax: q [B, H, R, D] (scaled; R query rows per KV head), packed keys and values
-    of t tokens [B, H, t, .], bias broadcastable to [B, H, R, t] or None, running max m and sum l [B, H, R, 1]
-    and output acc [B, H, R, D] -> the updated (m, l, acc). Plain PyTorch: this is what gets compiled."""
-    transform, keys = key_format.score_keys(_qtensor(key_format, k_payload, k_scales))  # [B, H, t, D]
-    if transform is not None:
-        q = transform(q)
+    """One chunk of the online softmax: q [B, H, R, D] (scaled, in the key format's `key_query` space; R query
+    rows per KV head), packed keys and values of t tokens [B, H, t, .], bias broadcastable to [B, H, R, t] or
+    None, running max m and sum l [B, H, R, 1] and output acc [B, H, R, D] -> the updated (m, l, acc). Plain
+    PyTorch: this is what gets compiled."""
+    keys = key_format.score_keys(_qtensor(key_format, k_payload, k_scales))  # [B, H, t, D]
     s = (q.unsqueeze(-2) * keys.unsqueeze(-3)).sum(-1)  # [B, H, R, t]
     if bias is not None:
         s = s + bias
@@ -74,16 +73,29 @@ def fused_chunk(q: torch.Tensor, keys: QTensor, values: QTensor, bias: torch.Ten
     key = (repr(key_format), repr(value_format), bias is not None)
     fn = _compiled.get(key, False)
     if fn is False:
-        fn = _compiled[key] = torch.compile(functools.partial(chunk_step, key_format=key_format,
-                                                              value_format=value_format), dynamic=True)
+        fn = _compiled[key] = torch.compile(_bound(key_format, value_format, len(_compiled)), dynamic=True)
     if fn is None:
         return None
     try:
-        return fn(q, keys.payload, keys.scales, values.payload, values.scales, bias, m, l, acc)
+        # the query's transform (tq4's rotation) stays outside: it is tiny, and its butterfly loop is slow to compile
+        return fn(key_format.key_query(q), keys.payload, keys.scales, values.payload, values.scales, bias, m, l, acc)
     except Exception as e:  # noqa: BLE001 - any compiler failure means: use the reference path
         _compiled[key] = None
         _warn(key, e)
         return None
+
+
+def _bound(key_format: KVFormat, value_format: KVFormat, i: int):
+    """`chunk_step` for one pair of formats, as a function with a code object of its own. Dynamo keeps the
+    compiled variants of a function per code object, with a limit (8) past which it silently runs the function
+    uncompiled; a shared one (a functools.partial goes through one shared wrapper) would let a few pairs of
+    formats, with and without a mask, push each other past it."""
+
+    def step(q, k_payload, k_scales, v_payload, v_scales, bias, m, l, acc):
+        return chunk_step(q, k_payload, k_scales, v_payload, v_scales, bias, m, l, acc, key_format, value_format)
+
+    code = step.__code__.replace(co_name=f"chunk_step_{i}")
+    return types.FunctionType(code, step.__globals__, code.co_name, None, step.__closure__)
 
 
 def _warn(key, error: Exception) -> None:
