@@ -85,17 +85,21 @@ def fused_chunk(q: torch.Tensor, keys: QTensor, values: QTensor, bias: torch.Ten
         return None
 
 
+def _step(q, k_payload, k_scales, v_payload, v_scales, bias, m, l, acc):
+    return chunk_step(q, k_payload, k_scales, v_payload, v_scales, bias, m, l, acc, _key_format, _value_format)  # noqa: F821
+
+
 def _bound(key_format: KVFormat, value_format: KVFormat, i: int):
-    """`chunk_step` for one pair of formats, as a function with a code object of its own. Dynamo keeps the
-    compiled variants of a function per code object, with a limit (8) past which it silently runs the function
-    uncompiled; a shared one (a functools.partial goes through one shared wrapper) would let a few pairs of
-    formats, with and without a mask, push each other past it."""
+    """`chunk_step` for one pair of formats, as a function with its own code object whose globals hold the formats.
 
-    def step(q, k_payload, k_scales, v_payload, v_scales, bias, m, l, acc):
-        return chunk_step(q, k_payload, k_scales, v_payload, v_scales, bias, m, l, acc, key_format, value_format)
-
-    code = step.__code__.replace(co_name=f"chunk_step_{i}")
-    return types.FunctionType(code, step.__globals__, code.co_name, None, step.__closure__)
+    Two reasons. Dynamo keeps the compiled variants of a function per code object, with a limit (8) past which it
+    silently runs it uncompiled: a code object shared by every pair (a closure, or functools.partial's wrapper)
+    lets a few pairs of formats, with and without a mask, push each other past it. And under dynamic=True the
+    integer attributes of an object reached through a closure cell become symbolic (an int4 group size of 32 no
+    longer a constant), which cost 10x in the generated loops here; attributes of a global are specialized."""
+    code = _step.__code__.replace(co_name=f"chunk_step_{i}")
+    namespace = dict(globals(), _key_format=key_format, _value_format=value_format)
+    return types.FunctionType(code, namespace, code.co_name)
 
 
 def _warn(key, error: Exception) -> None:
