@@ -1,9 +1,10 @@
 """One decode step with a 4-bit KV cache against the model-dtype cache, on the Qwen3-0.6B shape, with its bound.
 
-A shape-true Qwen3-0.6B-like model (hidden_decode.py's config: hidden 1024, 16 query / 8 KV heads, head_dim 128,
+A shape-true Qwen3-0.6B-like model (hybrid_decode.py's config: hidden 1024, 16 query / 8 KV heads, head_dim 128,
 FFN 3072, vocab 151,936; random weights), `--layers` of its 28 layers, in `--dtype`. Per context length the
 cache is filled with random keys and values as a prefill would leave it, then single-token forwards are timed
-(median of `--repeats`, after one warm-up step). Caches:
+(median of `--repeats`, after two warm-up steps; the caches take turns step by step, so that load from other
+processes hits each alike). Caches:
 
 - the model dtype ("bf16" in the table when --dtype bfloat16): keys and values appended in place into a
   preallocated buffer (hydrahead.cache.KVLayer), attended by sdpa: no copy of the cache per step;
@@ -59,15 +60,19 @@ def filled(model, spec: str | None, length: int, dtype) -> Cache:
     return cache
 
 
-def decode_ms(model, cache, length: int, repeats: int) -> float:
-    token = torch.tensor([[42]])
-    times = []
+def decode_ms(model, caches: dict[str, Cache], length: int, repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median ms of a single-token forward per cache. The caches take turns step by step, so that load from other
+    processes hits them alike; the first `warmup` rounds are not counted (they compile, once per process)."""
+    times: dict[str, list[float]] = {name: [] for name in caches}
     with torch.no_grad():
-        for i in range(repeats + 1):
-            start = time.perf_counter()
-            model(token, past_key_values=cache, use_cache=True, position_ids=torch.tensor([[length + i]]))
-            times.append(time.perf_counter() - start)
-    return statistics.median(times[1:]) * 1e3  # the first step warms up (and compiles, once per process)
+        for i in range(warmup + repeats):
+            position = torch.tensor([[length + i]])
+            for name, cache in caches.items():
+                start = time.perf_counter()
+                model(torch.tensor([[42]]), past_key_values=cache, use_cache=True, position_ids=position)
+                if i >= warmup:
+                    times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
 def main():
@@ -76,7 +81,7 @@ def main():
     parser.add_argument("--lengths", default="8192,32768")
     parser.add_argument("--specs", default="int4,tq4:int4")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--reference", action="store_true", help="time the plain-PyTorch blockwise loop, not the "
                                                                  "compiled fused path")
@@ -96,20 +101,19 @@ def main():
     use_blockwise_attention(model)  # plain tensors still go to sdpa; quantized views to the blockwise path
     weights = weight_bytes(model)
     path = "reference loop" if args.reference else "compiled fused path"
-    print(f"Qwen3-0.6B-like, {args.layers} of 28 layers, {args.dtype}, {torch.get_num_threads()} threads, 4-bit: {path}")
+    print(f"Qwen3-0.6B-like, {args.layers} of 28 layers, {args.dtype}, {torch.get_num_threads()} threads, "
+          f"4-bit: {path}")
     bandwidth = read_bandwidth()
     print(bound_line(bandwidth))
     results: dict[str, dict] = {}
     for length in lengths:
-        for spec in specs:
-            name = spec or base_name
-            cache = filled(model, spec, length, dtype)
-            step_bytes = weights + cache_nbytes(cache)
-            ms = decode_ms(model, cache, length, args.repeats)
-            results.setdefault(name, {})[length] = {"ms": ms, "step_bytes": step_bytes,
-                                                    "cache_bytes": cache_nbytes(cache)}
+        caches = {spec or base_name: filled(model, spec, length, dtype) for spec in specs}
+        sizes = {name: cache_nbytes(cache) for name, cache in caches.items()}
+        for name, ms in decode_ms(model, caches, length, args.repeats).items():
+            results.setdefault(name, {})[length] = {"ms": ms, "step_bytes": weights + sizes[name],
+                                                    "cache_bytes": sizes[name]}
             print(f"  {name} @{length}: {ms:.1f} ms", flush=True)
-            del cache
+        del caches
     header = ["cache"] + [f"@{n // 1024}K ms (x vs {base_name}; /bound)" for n in lengths]
     header += [f"@{n // 1024}K cache MiB" for n in lengths]
     print("| " + " | ".join(header) + " |")

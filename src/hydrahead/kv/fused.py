@@ -86,7 +86,8 @@ def fused_chunk(q: torch.Tensor, keys: QTensor, values: QTensor, bias: torch.Ten
 
 
 def _step(q, k_payload, k_scales, v_payload, v_scales, bias, m, l, acc):
-    return chunk_step(q, k_payload, k_scales, v_payload, v_scales, bias, m, l, acc, _key_format, _value_format)  # noqa: F821
+    formats = _key_format, _value_format  # noqa: F821 - globals of each pair's copy (see _bound)
+    return chunk_step(q, k_payload, k_scales, v_payload, v_scales, bias, m, l, acc, *formats)
 
 
 def _bound(key_format: KVFormat, value_format: KVFormat, i: int):

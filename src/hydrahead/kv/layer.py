@@ -66,8 +66,9 @@ class QuantizedKVLayer(DynamicLayer):
         super().lazy_initialization(key_states, value_states)
         B, H, _, D = key_states.shape
         rows = self.window + self.block_size
-        self._sink = (key_states.new_empty(B, H, self.sink, D), value_states.new_empty(B, H, self.sink, value_states.shape[-1]))
-        self._recent = (key_states.new_empty(B, H, rows, D), value_states.new_empty(B, H, rows, value_states.shape[-1]))
+        Dv = value_states.shape[-1]
+        self._sink = (key_states.new_empty(B, H, self.sink, D), value_states.new_empty(B, H, self.sink, Dv))
+        self._recent = (key_states.new_empty(B, H, rows, D), value_states.new_empty(B, H, rows, Dv))
         self._set_views(0, 0)
 
     def _set_views(self, sink: int, recent: int) -> None:
@@ -104,8 +105,10 @@ class QuantizedKVLayer(DynamicLayer):
             self._set_views(sink, recent + T)
             live = (self.keys, self.values)
         else:
-            # a prefill or a chunk longer than the slab: this step attends one new tensor, the slab takes the rest
-            live = tuple(torch.cat([old, x], dim=-2) for old, x in zip((self.keys, self.values), new))
+            # a prefill or a chunk longer than the slab: this step attends the new tokens (after what the slab
+            # held, if anything), blocks are quantized from them, and the slab takes the rest
+            live = new if not recent else tuple(torch.cat([old, x], dim=-2)
+                                                for old, x in zip((self.keys, self.values), new))
             self._set_views(sink, 0)
         self.length += key_states.shape[-2]
         view = KVView(self.layer_idx, (self.sink_keys, self.sink_values), self.packed_keys, self.packed_values,

@@ -74,14 +74,16 @@ class KVView:
             return q
         heads = self.heads.to(q.payload.device)
         scales = {name: t if t.dim() < 2 else t.index_select(1, heads) for name, t in q.scales.items()}
-        return QTensor(q.format, (q.shape[0], len(heads), *q.shape[2:]), q.dtype, q.payload.index_select(1, heads), scales)
+        shape = (q.shape[0], len(heads), *q.shape[2:])
+        return QTensor(q.format, shape, q.dtype, q.payload.index_select(1, heads), scales)
 
     def quantized(self, start: int = 0, end: int | None = None) -> tuple[QTensor, QTensor]:
         """Blocks [start, end) of the snapshot as one QTensor each for keys and values, read in place."""
         end = self.num_blocks if end is None else end
         return self.packed_keys.range(start, end), self.packed_values.range(start, end)
 
-    def chunks(self, chunk_tokens: int = CHUNK_TOKENS) -> Iterator[tuple[int, torch.Tensor | QTensor, torch.Tensor | QTensor]]:
+    def chunks(self, chunk_tokens: int = CHUNK_TOKENS
+               ) -> Iterator[tuple[int, torch.Tensor | QTensor, torch.Tensor | QTensor]]:
         """(first token, keys, values) per chunk: the sink, the quantized blocks in ranges of up to `chunk_tokens`
         tokens (whole blocks; QTensors until `scores` / `values`), then the recent tokens."""
         sink = self.sink[0].shape[-2]
