@@ -44,7 +44,10 @@ class PackedBlocks:
         return tuple(self._buffers["payload"].shape[: self.lead])
 
     def append(self, q: QTensor, reserve: int = 1) -> None:
-        """Store one block (a QTensor of block_size tokens); `reserve` blocks of room are made at the first one."""
+        """Store one block (a QTensor of block_size tokens); when the buffers must grow, they make room for at least
+        `reserve` blocks (a prefill's flush knows how many come)."""
+        if q.num_tokens != self.block_size:
+            raise KVFormatError(f"a packed block holds {self.block_size} tokens, got {q.num_tokens}")
         tensors = {"payload": q.payload, **q.scales}
         if self._shape is None:
             self._layout(q, tensors)
