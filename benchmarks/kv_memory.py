@@ -1,6 +1,6 @@
 """Peak memory of one decode step's attention over a quantized KV cache: blockwise (online softmax, one
-block dequantized at a time) against dequantizing the whole cache first (what an attention kernel that
-takes plain tensors needs, e.g. transformers' QuantizedCache), per format, in the same run.
+chunk of packed blocks dequantized at a time) against dequantizing the whole cache first (what an attention
+kernel that takes plain tensors needs, e.g. transformers' QuantizedCache), per format, in the same run.
 
 One layer of Qwen3-0.6B's attention shape (16 query / 8 KV heads, head_dim 128), bf16, a cache of
 `--tokens` tokens (sink 4, window 128, blocks of 64). Peak = the largest sum of live bytes allocated

@@ -1,4 +1,4 @@
-"""Attention over a quantized KV cache, one block at a time with an online softmax (flash-style).
+"""Attention over a quantized KV cache, a chunk of packed blocks at a time with an online softmax (flash-style).
 
 It reads the KVView that a QuantizedKVLayer returns from `update` (or the MixedKVView of a layer whose heads
 differ in format: each group of heads attends over its own view); plain key/value tensors (any other cache,
@@ -17,6 +17,8 @@ from contextlib import contextmanager
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from . import fused
+from .base import QTensor
 from .mixed import MixedKVView, view_parts
 from .view import KVView
 
@@ -36,7 +38,7 @@ def blockwise_attention_forward(module, query, key, value, attention_mask, scali
     if not is_view(key):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    if not key.blocks:
+    if not key.num_blocks:
         keys, values = key.dense()
         return sdpa_attention_forward(module, query, keys, values, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
@@ -44,27 +46,33 @@ def blockwise_attention_forward(module, query, key, value, attention_mask, scali
     return view_attention(query, key, attention_mask, scaling).to(query.dtype), None
 
 
-def view_attention(query: torch.Tensor, view, mask: torch.Tensor | None, scaling: float) -> torch.Tensor:
+def view_attention(query: torch.Tensor, view, mask: torch.Tensor | None, scaling: float,
+                   fast: bool | None = None) -> torch.Tensor:
     """`online_softmax_attention` over a KVView, or over each part of a MixedKVView for its own query heads."""
     parts = view_parts(view)
     if len(parts) == 1 and isinstance(view, KVView):
-        return online_softmax_attention(query, view, mask, scaling)
+        return online_softmax_attention(query, view, mask, scaling, fast)
     B, Hq, Q, D = query.shape
     G = Hq // view.num_heads
     out = query.new_empty(B, Q, Hq, D, dtype=torch.float32)
     for sub, positions in parts:
         heads = torch.tensor([p * G + i for p in positions for i in range(G)], device=query.device)
         part_mask = mask if mask is None or mask.shape[1] == 1 else mask[:, heads]
-        out[:, :, heads] = online_softmax_attention(query[:, heads], sub, part_mask, scaling)
+        out[:, :, heads] = online_softmax_attention(query[:, heads], sub, part_mask, scaling, fast)
     return out
 
 
-def online_softmax_attention(query: torch.Tensor, view: KVView, mask: torch.Tensor | None, scaling: float) -> torch.Tensor:
+def online_softmax_attention(query: torch.Tensor, view: KVView, mask: torch.Tensor | None, scaling: float,
+                             fast: bool | None = None) -> torch.Tensor:
     """softmax(q k^T * scaling + mask) v over the view's chunks in float32; -> [B, Q, Hq, D].
 
     The running max `m`, normaliser `l` and unnormalised output `acc` are rescaled as each chunk raises
     the max, so only one chunk's scores and dequantized values exist at a time. `mask` is sdpa's
     ([B, 1 | Hq, Q, T], True = attend), an additive float mask, or None (causal, no padding).
+
+    `fast` (default: HYDRAHEAD_COMPILE=1 in the environment) reads the quantized chunks of a decode step with
+    the compiled fused function of `hydrahead.kv.fused`; without it, or where it cannot compile, this plain
+    loop (the reference) runs.
     """
     B, Hq, Q, D = query.shape
     H = view.num_heads
@@ -74,10 +82,18 @@ def online_softmax_attention(query: torch.Tensor, view: KVView, mask: torch.Tens
     l = q.new_zeros((B, H, G * Q, 1))
     acc = q.new_zeros((B, H, G * Q, D))
     T = view.num_tokens
+    use_fused = fused.enabled(fast) and G * Q <= fused.MAX_ROWS
     for start, keys, values in view.chunks():
+        t = keys.num_tokens if isinstance(keys, QTensor) else keys.shape[-2]
+        bias = _bias(mask, start, t, T, Q, B, H, G, q.device)
+        if use_fused and isinstance(keys, QTensor):
+            rows = None if bias is None else bias.expand(B, bias.shape[1], G, Q, t).reshape(B, -1, G * Q, t)
+            step = fused.fused_chunk(q, view.gather_heads(keys), view.gather_heads(values), rows, m, l, acc,
+                                     view.key_format, view.value_format)
+            if step is not None:
+                m, l, acc = step
+                continue
         s = view.scores(q, keys)  # [B, H, G*Q, t]
-        t = s.shape[-1]
-        bias = _bias(mask, start, t, T, Q, B, H, G, s.device)
         if bias is not None:
             s = (s.view(B, H, G, Q, t) + bias).view(B, H, G * Q, t)
         m_new = torch.maximum(m, s.amax(-1, keepdim=True))

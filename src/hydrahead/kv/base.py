@@ -56,6 +56,9 @@ class KVFormat:
 
     name: ClassVar[str]
     bits: ClassVar[int]
+    # scales holding one value per quantize call (per tensor or per leading index), not per token or token group:
+    # a cache that packs many blocks together spreads them over their block's tokens when it reads a range
+    block_scales: tuple[str, ...] = ()
 
     def __init__(self, head_dim: int):
         if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
@@ -78,20 +81,32 @@ class KVFormat:
         """Only the stored rows `rows` decoded: float32 [n, D]. `rows` indexes q's rows (every leading index x
         token, flattened: row r of a [B, H, T, D] tensor is b, h, t with r = (b * H + h) * T + t). Sparse decoding
         reads the tokens it selected this way, without decoding the rest of their block."""
-        self._check_q(q)
-        return self._dequantize(self._take_rows(q, rows)).float()
+        return self.dequantize_at(q, torch.unravel_index(rows, q.shape[:-1]))
 
-    def _take_rows(self, q: QTensor, rows: torch.Tensor) -> QTensor:
-        """q restricted to `rows`, as a QTensor of shape [n, D]. Every stored tensor here leads with q's [..., T]
-        (one entry per row) or is a scalar; formats whose scales span rows override `dequantize_rows`."""
-        n = math.prod(q.shape[:-1])
-        lead = len(q.shape) - 1
+    def dequantize_at(self, q: QTensor, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The tokens at `index` (one index tensor per leading dim, then tokens, all of one shape [n]) decoded:
+        float32 [n, D]. Indexing picks the rows in place, so a range of packed blocks is never copied whole."""
+        self._check_q(q)
+        return self._dequantize(self._pick(q, index)).float()
+
+    def _pick(self, q: QTensor, index: tuple[torch.Tensor, ...]) -> QTensor:
+        """q at `index`, as a QTensor of shape [n, D]. Every stored tensor here leads with q's [..., T] (one entry
+        per token) or is a scalar; formats whose scales span tokens override `dequantize_at`."""
 
         def take(t: torch.Tensor) -> torch.Tensor:
-            return t if t.dim() == 0 else t.reshape(n, *t.shape[lead:])[rows]
+            return t if t.dim() == 0 else t[index]
 
         scales = {name: take(t) for name, t in q.scales.items()}
-        return QTensor(q.format, (rows.numel(), q.shape[-1]), q.dtype, take(q.payload), scales)
+        return QTensor(q.format, (index[0].numel(), q.shape[-1]), q.dtype, take(q.payload), scales)
+
+    def key_query(self, query: torch.Tensor) -> torch.Tensor:
+        """The query in the space `score_keys` decodes keys to (the identity here)."""
+        return query
+
+    def score_keys(self, keys: QTensor) -> torch.Tensor:
+        """Float32 keys [..., T, D] such that key_query(q) @ score_keys(keys)^T == q @ dequantize(keys)^T. The fused
+        decode path scores with them; a rotating format (tq4) rotates the query once instead of every key."""
+        return self._dequantize(keys).float()
 
     def _check_q(self, q: QTensor) -> None:
         if q.format != self.name:

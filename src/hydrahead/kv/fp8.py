@@ -28,6 +28,10 @@ class FP8Format(KVFormat):
             raise KVFormatError(f"fp8 scale must be one of {SCALES}, got {scale!r}")
         self.scale = scale
 
+    @property
+    def block_scales(self) -> tuple[str, ...]:
+        return ("scale",) if self.scale != "none" else ()
+
     def _quantize(self, x: torch.Tensor) -> QTensor:
         x32 = x.float()
         scales = {}
@@ -48,12 +52,13 @@ class FP8Format(KVFormat):
         x = q.payload.float()
         return x * q.scales["scale"] if "scale" in q.scales else x
 
-    def dequantize_rows(self, q: QTensor, rows: torch.Tensor) -> torch.Tensor:
-        if self.scale != "head":
-            return super().dequantize_rows(q, rows)
+    def dequantize_at(self, q: QTensor, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        scale = q.scales.get("scale")
+        if scale is None or scale.dim() == 0 or scale.shape[-2] == q.num_tokens:
+            return super().dequantize_at(q, index)  # no scale, one scalar, or one per token (packed blocks)
         self._check_q(q)
-        x = q.payload.reshape(-1, self.head_dim)[rows].float()
-        return x * q.scales["scale"].reshape(-1)[rows // q.num_tokens, None]  # one scale per leading index
+        head = scale[(*index[:-1], torch.zeros_like(index[-1]))]  # [n, 1]: one scale per leading index
+        return q.payload[index].float() * head.reshape(-1, 1)
 
     def bytes_per_token(self, head_dim: int | None = None) -> float:
         return 1.0 * (head_dim or self.head_dim)

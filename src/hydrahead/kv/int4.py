@@ -70,16 +70,13 @@ class Int4Format(KVFormat):
             return groups.flatten(-2)
         return groups.flatten(-3, -2)[..., :tokens, :]
 
-    def dequantize_rows(self, q: QTensor, rows: torch.Tensor) -> torch.Tensor:
+    def dequantize_at(self, q: QTensor, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
         if self.axis == "token":
-            return super().dequantize_rows(q, rows)
+            return super().dequantize_at(q, index)
         self._check_q(q)
-        codes = unpack_nibbles(q.payload.reshape(-1, self.head_dim // 2)[rows]).float()  # [n, D]
-        per_lead = -(-q.num_tokens // self.group_size)  # token groups per leading index
-        group = rows // q.num_tokens * per_lead + rows % q.num_tokens // self.group_size
-        scale = q.scales["scale"].reshape(-1, self.head_dim)[group].float()
-        zero = q.scales["zero"].reshape(-1, self.head_dim)[group].float()
-        return zero + scale * codes
+        codes = unpack_nibbles(q.payload[index]).float()  # [n, D]
+        group = (*index[:-1], index[-1] // self.group_size)  # the token group of each picked token
+        return q.scales["zero"][group].float() + q.scales["scale"][group].float() * codes
 
     def _dequantize(self, q: QTensor) -> torch.Tensor:
         codes = self._groups(unpack_nibbles(q.payload).float())

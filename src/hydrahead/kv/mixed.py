@@ -30,9 +30,9 @@ class MixedKVView:
         return self.parts[0][0].device
 
     @property
-    def blocks(self) -> bool:
-        """Whether any part holds a quantized block yet (attention over none of them is plain sdpa)."""
-        return any(view.blocks for view, _ in self.parts)
+    def num_blocks(self) -> int:
+        """The most quantized blocks of any part (attention over a view with none is plain sdpa)."""
+        return max(view.num_blocks for view, _ in self.parts)
 
     def index_select(self, dim: int, index: torch.Tensor) -> MixedKVView:
         """Gather heads (dim 1), e.g. one copy of a KV head per FA query head; each part gathers its own."""

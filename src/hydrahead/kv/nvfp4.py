@@ -29,6 +29,7 @@ class NVFP4Format(KVFormat):
 
     name = "nvfp4"
     bits = 4
+    block_scales = ("tensor_scale",)
 
     def __init__(self, head_dim: int):
         super().__init__(head_dim)

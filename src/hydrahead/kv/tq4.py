@@ -114,6 +114,15 @@ class TQ4Format(KVFormat):
             out = out + ((q_rot @ projection.mT) @ signs.mT) * weights.unsqueeze(-2)
         return out * keys.scales["norm"].float().unsqueeze(-2)
 
+    def key_query(self, query: torch.Tensor) -> torch.Tensor:
+        return query if self.qjl else self._rotation.rotate(query.float())
+
+    def score_keys(self, keys: QTensor) -> torch.Tensor:
+        if self.qjl:
+            return super().score_keys(keys)
+        # codebook values in the rotated space times the norm: the query is rotated instead of every key unrotated
+        return self._codebook_values(keys) * keys.scales["norm"].float().unsqueeze(-1)
+
     def bytes_per_token(self, head_dim: int | None = None) -> float:
         d = head_dim or self.head_dim
         norm_bytes = NORM_DTYPES[self.norm_dtype].itemsize

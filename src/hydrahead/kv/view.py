@@ -7,29 +7,47 @@ from collections.abc import Iterator
 import torch
 
 from .base import KVFormat, QTensor
+from .packed import PackedBlocks
+
+
+CHUNK_TOKENS = 2048  # quantized tokens decoded at once: large enough to amortise the per-call costs, small
+# enough that a chunk's dequantized keys and values stay a few MiB (8 heads x 128 x 2048 x 4 B = 8 MiB each)
 
 
 class KVView:
     """One layer's keys and values in token order: the high-precision sink, the quantized blocks, then the
     high-precision recent window (the step's new tokens last).
 
-    `chunks()` decodes one block at a time, so attention over the view never holds more than one
-    dequantized block. A view is a snapshot: the layer may quantize part of its window after handing it
-    out, and the view still sees those tokens in high precision for the step that wrote them.
+    `chunks()` hands the quantized blocks out as a few ranges of up to CHUNK_TOKENS tokens, read in place
+    from the layer's packed buffers, so attention over the view holds one chunk dequantized at a time. A
+    view is a snapshot of the layer's first `num_blocks` blocks and of its recent rows: the layer may quantize
+    part of its window after handing it out, and the view still sees those tokens in high precision for the
+    step that wrote them. It reads the layer's buffers in place, so it is valid until the layer's next update.
     """
 
-    def __init__(self, layer_idx: int, sink: tuple[torch.Tensor, torch.Tensor], blocks: list[tuple[QTensor, QTensor]],
-                 recent: tuple[torch.Tensor, torch.Tensor], key_format: KVFormat, value_format: KVFormat,
-                 heads: torch.Tensor | None = None):
+    def __init__(self, layer_idx: int, sink: tuple[torch.Tensor, torch.Tensor], packed_keys: PackedBlocks,
+                 packed_values: PackedBlocks, num_blocks: int, recent: tuple[torch.Tensor, torch.Tensor],
+                 key_format: KVFormat, value_format: KVFormat, heads: torch.Tensor | None = None):
         self.layer_idx = layer_idx
-        self.sink, self.blocks, self.recent = sink, blocks, recent  # [B, H, S | block | R, D] each
+        self.sink, self.recent = sink, recent  # [B, H, S | R, D] each
+        self.packed_keys, self.packed_values, self.num_blocks = packed_keys, packed_values, num_blocks
+        self.block_size = packed_keys.block_size
         self.key_format, self.value_format = key_format, value_format
         self.heads = heads  # KV head per output head, when a caller gathers heads (FA branch of a hybrid)
 
     @property
+    def blocks(self) -> list[tuple[QTensor, QTensor]]:
+        """Each quantized block of the snapshot as its formats returned it (inspection and tests; attention reads
+        `chunks()`)."""
+        return [(self.packed_keys.block(i), self.packed_values.block(i)) for i in range(self.num_blocks)]
+
+    @property
+    def quantized_tokens(self) -> int:
+        return self.num_blocks * self.block_size
+
+    @property
     def num_tokens(self) -> int:
-        block = self.blocks[0][0].num_tokens if self.blocks else 0
-        return self.sink[0].shape[-2] + block * len(self.blocks) + self.recent[0].shape[-2]
+        return self.sink[0].shape[-2] + self.quantized_tokens + self.recent[0].shape[-2]
 
     @property
     def device(self) -> torch.device:
@@ -44,24 +62,45 @@ class KVView:
         if dim != 1:
             raise NotImplementedError("a KV view can only gather heads (dim 1)")
         index = index if self.heads is None else self.heads[index.to(self.heads.device)]
-        return KVView(self.layer_idx, self.sink, self.blocks, self.recent, self.key_format, self.value_format, index)
+        return KVView(self.layer_idx, self.sink, self.packed_keys, self.packed_values, self.num_blocks, self.recent,
+                      self.key_format, self.value_format, index)
 
     def _gather(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.heads is None else x.index_select(1, self.heads.to(x.device))
 
-    def chunks(self) -> Iterator[tuple[int, torch.Tensor | QTensor, torch.Tensor | QTensor]]:
-        """(first token, keys, values) per chunk; quantized chunks stay QTensors until `scores` / `values`."""
-        start = 0
-        for keys, values in (self.sink, *self.blocks, self.recent):
-            if keys.shape[-2]:
-                yield start, keys, values
-            start += keys.shape[-2]
+    def gather_heads(self, q: QTensor) -> QTensor:
+        """A quantized chunk restricted to this view's heads (dim 1 of every stored tensor but a scalar)."""
+        if self.heads is None:
+            return q
+        heads = self.heads.to(q.payload.device)
+        scales = {name: t if t.dim() < 2 else t.index_select(1, heads) for name, t in q.scales.items()}
+        shape = (q.shape[0], len(heads), *q.shape[2:])
+        return QTensor(q.format, shape, q.dtype, q.payload.index_select(1, heads), scales)
+
+    def quantized(self, start: int = 0, end: int | None = None) -> tuple[QTensor, QTensor]:
+        """Blocks [start, end) of the snapshot as one QTensor each for keys and values, read in place."""
+        end = self.num_blocks if end is None else end
+        return self.packed_keys.range(start, end), self.packed_values.range(start, end)
+
+    def chunks(self, chunk_tokens: int = CHUNK_TOKENS
+               ) -> Iterator[tuple[int, torch.Tensor | QTensor, torch.Tensor | QTensor]]:
+        """(first token, keys, values) per chunk: the sink, the quantized blocks in ranges of up to `chunk_tokens`
+        tokens (whole blocks; QTensors until `scores` / `values`), then the recent tokens."""
+        sink = self.sink[0].shape[-2]
+        if sink:
+            yield 0, *self.sink
+        per_chunk = max(1, chunk_tokens // self.block_size)
+        for first in range(0, self.num_blocks, per_chunk):
+            last = min(first + per_chunk, self.num_blocks)
+            yield sink + first * self.block_size, *self.quantized(first, last)
+        if self.recent[0].shape[-2]:
+            yield sink + self.quantized_tokens, *self.recent
 
     def scores(self, query: torch.Tensor, keys: torch.Tensor | QTensor) -> torch.Tensor:
         """query [B, H, Q, D] (already scaled) . keys [B, H, t, D] -> float32 [B, H, Q, t]."""
         if isinstance(keys, QTensor):
             if self.heads is None and hasattr(self.key_format, "scores"):
-                # e.g. tq4 rotates the query once instead of un-rotating every key of the block
+                # e.g. tq4 rotates the query once instead of un-rotating every key of the chunk
                 return self.key_format.scores(query, keys)
             keys = self.key_format.dequantize(keys)
         return query.float() @ self._gather(keys).float().mT
@@ -73,22 +112,27 @@ class KVView:
 
     def gather(self, heads: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The keys and values of selected tokens only: heads [S] (this view's heads), index [B, S, k] token
-        positions -> float32 [B, S, k, D] each. A quantized block decodes just the rows picked from it."""
+        positions -> float32 [B, S, k, D] each. Quantized tokens are picked from the packed buffers in place and
+        decoded alone."""
         B, S, k = index.shape
-        stored = self.recent[0].shape[1]
         kv = heads if self.heads is None else self.heads.to(heads.device)[heads]  # [S], heads as stored
-        chunks = list(self.chunks())
-        starts = torch.tensor([start for start, _, _ in chunks], device=index.device)
-        which = torch.bucketize(index, starts, right=True) - 1  # [B, S, k], the chunk of every picked token
+        b = torch.arange(B, device=index.device)[:, None, None].expand(B, S, k)
+        h = kv.to(index.device)[None, :, None].expand(B, S, k)
         keys = torch.empty(B, S, k, self.key_format.head_dim, device=index.device)
         values = torch.empty_like(keys)
-        for c in which.unique().tolist():
-            start, k_part, v_part = chunks[c]
-            b, s, j = (which == c).nonzero(as_tuple=True)
-            length = k_part.num_tokens if isinstance(k_part, QTensor) else k_part.shape[-2]
-            rows = (b * stored + kv[s]) * length + index[b, s, j] - start
-            keys[b, s, j] = _rows(k_part, rows, self.key_format)
-            values[b, s, j] = _rows(v_part, rows, self.value_format)
+        sink, quantized = self.sink[0].shape[-2], self.quantized_tokens
+        parts = ((0, sink, self.sink), (sink, sink + quantized, None), (sink + quantized, self.num_tokens, self.recent))
+        for first, end, tensors in parts:
+            mine = (index >= first) & (index < end)
+            if first == end or not mine.any():
+                continue
+            at = (b[mine], h[mine], index[mine] - first)
+            if tensors is None:
+                k_q, v_q = self.quantized()
+                keys[mine] = self.key_format.dequantize_at(k_q, at)
+                values[mine] = self.value_format.dequantize_at(v_q, at)
+            else:
+                keys[mine], values[mine] = tensors[0][at].float(), tensors[1][at].float()
         return keys, values
 
     def dense(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,10 +158,3 @@ class KVView:
             f"for .{name}); run the model under hydrahead.kv.blockwise_attention(model) or set "
             f"model.set_attn_implementation({ATTENTION_NAME!r})"
         )
-
-
-def _rows(x: torch.Tensor | QTensor, rows: torch.Tensor, fmt: KVFormat) -> torch.Tensor:
-    """Rows of a chunk [B, H, t, D] (flattened as b, h, t) as float32 [n, D]; quantized ones decoded alone."""
-    if isinstance(x, QTensor):
-        return fmt.dequantize_rows(x, rows)
-    return x.reshape(-1, x.shape[-1])[rows].float()
