@@ -312,6 +312,7 @@ def speed(args):
     from hydrahead.attention import HybridOptions
     from hydrahead.convert import convert
     from hydrahead.decoding import plan_decoding
+    from hydrahead.kv import use_blockwise_attention
 
     sys.path.insert(0, str(Path(__file__).parent))
     from hybrid_decode import decode_ms, qwen3_06b_like
@@ -331,6 +332,8 @@ def speed(args):
     print(bound_line(bandwidth), flush=True)
     torch.manual_seed(0)
     original = Qwen3ForCausalLM(copy.deepcopy(config)).to(dtype).eval()
+    # the original at its best too: hydrahead's attention (a decode step reads its KVCache once, no GQA copy)
+    use_blockwise_attention(original)
     torch.manual_seed(0)
     hybrid = convert(Qwen3ForCausalLM(copy.deepcopy(config)).to(dtype).eval(), own,
                      HybridOptions(logscale_length=config.max_position_embeddings), inplace=True).eval()

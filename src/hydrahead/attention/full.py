@@ -13,6 +13,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from ..errors import HydraheadError
+from . import gqa_decode
 from .clamped_rope import clamped_rope_attention
 from .rope import apply_rope
 
@@ -72,10 +73,15 @@ class FABranch(nn.Module):
             k, v = k.index_select(1, index), v.index_select(1, index)
         if self.position == "rope_clamped":
             return self._clamped(q, k, v, gate, attention_mask)
-        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        implementation = self.config._attn_implementation
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         if not isinstance(k, torch.Tensor):
             # a quantized cache's view (the plan's kv_formats): hydrahead's attention is the one that reads it
             from ..decoding.attention import hydrahead_attention_forward as attention
+        elif implementation == "sdpa" and not self.training and gqa_decode.use_for(q, k):
+            # a decode step: the same softmax attention as sdpa, reading the cache once (gqa_decode.py)
+            out = gqa_decode.gqa_decode_attention(q, k, v, attention_mask, self.scaling)
+            return out * (2 * torch.sigmoid(gate.view_as(out)))
         out, _ = attention(
             self, q, k, v, attention_mask,
             dropout=self.attention_dropout if self.training else 0.0,

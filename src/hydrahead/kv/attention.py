@@ -17,6 +17,7 @@ from contextlib import contextmanager
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from ..attention import gqa_decode
 from . import fused
 from .base import QTensor
 from .mixed import MixedKVView, view_parts
@@ -36,14 +37,20 @@ def blockwise_attention_forward(module, query, key, value, attention_mask, scali
     The blockwise path serves inference over a cache: it applies no dropout and returns no weights.
     """
     if not is_view(key):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+        return dense_attention(module, query, key, value, attention_mask, scaling, dropout, kwargs)
     if not key.num_blocks:
         keys, values = key.dense()
-        return sdpa_attention_forward(module, query, keys, values, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+        return dense_attention(module, query, keys, values, attention_mask, scaling, dropout, kwargs)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     return view_attention(query, key, attention_mask, scaling).to(query.dtype), None
+
+
+def dense_attention(module, query, key, value, attention_mask, scaling, dropout, kwargs):
+    """Key and value tensors: a decode step reads them once (`gqa_decode_attention`), anything else goes to sdpa."""
+    if gqa_decode.use_for(query, key, dropout, kwargs):
+        scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+        return gqa_decode.gqa_decode_attention(query, key, value, attention_mask, scaling), None
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
 
 
 def view_attention(query: torch.Tensor, view, mask: torch.Tensor | None, scaling: float,
