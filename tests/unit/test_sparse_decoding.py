@@ -133,13 +133,15 @@ def test_budget_larger_than_context_falls_back_to_dense():
     for budget in (500, 1.0):
         with sparse_decoding(model, ROLES, budget=budget) as state:
             got_tokens, got_logits = generate(model, ids, mask)
-        assert torch.equal(tokens, got_tokens) and torch.equal(logits, got_logits)
+        # dense decode steps run hydrahead's attention (gqa_decode), the reference sdpa: equal up to rounding
+        assert torch.equal(tokens, got_tokens)
+        torch.testing.assert_close(got_logits, logits, atol=1e-5, rtol=1e-5)
         assert state.stats.read_fraction == 1.0
     # a budget that the context outgrows: dense while it covers the context, sparse after
     with sparse_decoding(model, ROLES, budget=44, sink=2, recent=4) as state:
         _, got_logits = generate(model, ids, mask, new=8)
-    assert torch.equal(got_logits[:, :4], logits[:, :4])  # contexts 41..44: dense
-    assert not torch.equal(got_logits[:, 4:], logits[:, 4:])
+    torch.testing.assert_close(got_logits[:, :4], logits[:, :4], atol=1e-5, rtol=1e-5)  # contexts 41..44: dense
+    assert (got_logits[:, 4:] - logits[:, 4:]).abs().max() > 1e-3
     assert state.stats.read_fraction < 1.0
 
 

@@ -48,7 +48,7 @@ def gqa_decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
     B, Hq, Q, D = query.shape
     Hk, T = key.shape[1], key.shape[2]
     G = Hq // Hk
-    q = (query.float() * scaling).view(B, Hk, G * Q, D)  # rows (group member, query) per KV head
+    q = (query.float() * scaling).reshape(B, Hk, G * Q, D)  # rows (group member, query) per KV head
     scores = q.new_empty(B, Hk, T, G * Q)
     for start in range(0, T, CHUNK):
         # the keys as stored on the left: BLAS streams them once (q @ k.mT reads them transposed, about 3x
