@@ -55,7 +55,7 @@ def gqa_decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
         # slower); a bf16 cache is widened one chunk at a time, never as a whole copy
         scores[:, :, start:start + CHUNK] = key[:, :, start:start + CHUNK].float() @ q.mT
     scores = scores.mT.contiguous().view(B, Hk, G, Q, T)
-    bias = _bias(mask, B, Hk, G, Q, T, query.device)
+    bias = mask_bias(mask, 0, T, T, Q, B, Hk, G, query.device)
     if bias is not None:
         scores = scores + bias
     probs = torch.softmax(scores, dim=-1).view(B, Hk, G * Q, T)
@@ -67,14 +67,16 @@ def gqa_decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
     return out.view(B, Hk, G, Q, D).reshape(B, Hq, Q, D).transpose(1, 2).to(query.dtype)
 
 
-def _bias(mask, B: int, Hk: int, G: int, Q: int, T: int, device) -> torch.Tensor | None:
-    """The mask as an additive float32 bias broadcastable to [B, Hk, G, Q, T] (None: nothing to add)."""
+def mask_bias(mask, start: int, t: int, T: int, Q: int, B: int, H: int, G: int, device) -> torch.Tensor | None:
+    """The mask for keys [start, start + t) of T as an additive float32 bias broadcastable to [B, H, G, Q, t]
+    (H KV heads, G query heads per KV head); None when there is nothing to add. `mask` is sdpa's ([B, 1 | H*G,
+    Q, T], True = attend), an additive float mask, or None (causal, no padding, bottom-right aligned)."""
     if mask is None:
         if Q == 1:
             return None
-        keys = torch.arange(T, device=device)
-        queries = torch.arange(T - Q, T, device=device)  # bottom-right aligned, as sdpa's skipped causal mask
-        return torch.where(keys[None, :] <= queries[:, None], 0.0, float("-inf"))
-    part = mask
-    part = part.reshape(B, 1, 1, Q, T) if part.shape[1] == 1 else part.reshape(B, Hk, G, Q, T)
+        keys = torch.arange(start, start + t, device=device)
+        queries = torch.arange(T - Q, T, device=device)  # as sdpa's skipped causal mask: query i sees keys <= T - Q + i
+        return torch.where(keys[None, :] <= queries[:, None], 0.0, float("-inf"))  # [Q, t]
+    part = mask[..., start:start + t]
+    part = part.reshape(B, 1, 1, Q, t) if part.shape[1] == 1 else part.reshape(B, H, G, Q, t)
     return torch.where(part, 0.0, float("-inf")) if part.dtype == torch.bool else part.float()

@@ -92,7 +92,7 @@ def online_softmax_attention(query: torch.Tensor, view: KVView, mask: torch.Tens
     use_fused = fused.enabled(fast) and G * Q <= fused.MAX_ROWS
     for start, keys, values in view.chunks():
         t = keys.num_tokens if isinstance(keys, QTensor) else keys.shape[-2]
-        bias = _bias(mask, start, t, T, Q, B, H, G, q.device)
+        bias = gqa_decode.mask_bias(mask, start, t, T, Q, B, H, G, q.device)
         if use_fused and isinstance(keys, QTensor):
             rows = None if bias is None else bias.expand(B, bias.shape[1], G, Q, t).reshape(B, -1, G * Q, t)
             step = fused.fused_chunk(q, view.gather_heads(keys), view.gather_heads(values), rows, m, l, acc,
@@ -113,20 +113,6 @@ def online_softmax_attention(query: torch.Tensor, view: KVView, mask: torch.Tens
         m = m_new
     out = acc / torch.where(l > 0, l, torch.ones_like(l))  # fully masked rows (padding queries) give zeros
     return out.view(B, H, G, Q, D).reshape(B, Hq, Q, D).transpose(1, 2)
-
-
-def _bias(mask, start: int, t: int, T: int, Q: int, B: int, H: int, G: int, device) -> torch.Tensor | None:
-    """The mask for keys [start, start + t) as an additive float32 bias broadcastable to [B, H, G, Q, t]."""
-    if mask is None:
-        if Q == 1:
-            return None
-        # sdpa's skipped causal mask, bottom-right aligned: query i sees keys up to T - Q + i
-        keys = torch.arange(start, start + t, device=device)
-        queries = torch.arange(T - Q, T, device=device)
-        return torch.where(keys[None, :] <= queries[:, None], 0.0, float("-inf"))  # [Q, t]
-    part = mask[..., start:start + t]
-    part = part.reshape(B, 1, 1, Q, t) if part.shape[1] == 1 else part.reshape(B, H, G, Q, t)
-    return torch.where(part, 0.0, float("-inf")) if part.dtype == torch.bool else part.float()
 
 
 def register() -> None:
