@@ -112,8 +112,11 @@ class KVCache(Cache):
     def __init__(self, config, reserve: int | None = None):
         super().__init__(layers=[KVLayer(reserve) for _ in range(config.num_hidden_layers)])
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int):
-        """Append [B, H, T, D] keys / values of `layer_idx`; returns every token's so far (views, no copy)."""
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, kwargs: dict | None = None):
+        """Append [B, H, T, D] keys / values of `layer_idx`; returns every token's so far (views, no copy).
+
+        `kwargs`: transformers 5.24's attention layers pass their own keyword arguments along (5.23 passes none);
+        a plain KV layer has no use for them."""
         return self.layers[layer_idx].update(key_states, value_states)
 
     def crop(self, max_length: int) -> None:
