@@ -30,7 +30,7 @@ def e2m1_encode(x: torch.Tensor) -> torch.Tensor:
     x = x.float()
     if torch.isnan(x).any():
         raise KVFormatError(f"E2M1 has no NaN code; the input holds {int(torch.isnan(x).sum())} NaN")
-    mag = x.abs()
+    mag = x.abs().contiguous()  # bucketize copies a strided input (a view of a window) on every call
     mid = torch.tensor(_E2M1_MIDPOINTS, device=x.device)
     down = torch.bucketize(mag, mid)
     up = torch.bucketize(mag, mid, right=True)
