@@ -106,8 +106,9 @@ class KVCache(Cache):
     """A plain model's cache (every head FA): one `KVLayer` per layer, appended in place, where transformers'
     DynamicCache concatenates the whole past at every step. `reserve` preallocates that many tokens.
 
-    For any Qwen3 / Llama: `model(ids, past_key_values=KVCache(model.config), use_cache=True)`. It cannot be
-    cropped (assisted decoding needs a DynamicCache)."""
+    For any Qwen3 / Llama: `model(ids, use_cache=True, **cache_arg(KVCache(model.config)))` (`hydrahead.compat`:
+    the argument's name differs between transformers releases). It cannot be cropped (assisted decoding needs a
+    DynamicCache)."""
 
     def __init__(self, config, reserve: int | None = None):
         super().__init__(layers=[KVLayer(reserve) for _ in range(config.num_hidden_layers)])
