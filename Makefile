@@ -1,6 +1,6 @@
 # `make demo` and `make test` each set up .venv from nothing, with the exact versions of requirements.lock
-# (torch is pinned to the CPU wheel this machine has; on a GPU machine install the torch you want first
-# and the pin is already satisfied). `make test-latest` runs the suite in .venv-latest on the newest
+# (torch is pinned to the CPU wheel this machine has, 2.13.0+cpu, as installed; on a GPU machine change the
+# lock's torch line to the build you install). `make test-latest` runs the suite in .venv-latest on the newest
 # versions pyproject.toml allows (torch stays at the pinned CPU wheel).
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -45,7 +45,7 @@ test-latest:
 
 # rewrite the lock from the newest allowed versions (then run `make test` before committing it)
 lock: test-latest
-	{ head -2 $(LOCK); $(LATEST)/bin/python -m pip freeze --exclude-editable | sed 's/+cpu$$//'; } > $(LOCK).new
+	{ head -2 $(LOCK); $(LATEST)/bin/python -m pip freeze --exclude-editable; } > $(LOCK).new
 	mv $(LOCK).new $(LOCK)
 
 teacher: install

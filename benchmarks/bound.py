@@ -8,6 +8,7 @@ the benchmark uses. Every decode benchmark prints its time against this bound an
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -47,3 +48,12 @@ def load_average() -> str:
 def bound_line(bandwidth: float) -> str:
     return (f"read bandwidth {bandwidth / 1e9:.1f} GB/s (sum over 256 MiB, {torch.get_num_threads()} threads); "
             f"load average {load_average()}")
+
+
+def save_run(path: str | None, args, bandwidth: float, results: dict, **extra) -> None:
+    """Write a run's figures as JSON (nothing without a path): its arguments, the bandwidth and load average it
+    ran under, its results and any `extra` fields."""
+    if path:
+        with open(path, "w") as f:
+            json.dump({"args": vars(args), "read_bandwidth": bandwidth, "load_average": load_average(), **extra,
+                       "results": results}, f, indent=1)

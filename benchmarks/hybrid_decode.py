@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import time
 
 import torch
 from transformers import DynamicCache, Qwen3Config, Qwen3ForCausalLM
 
-from bound import bound_line, load_average, read_bandwidth, weight_bytes
+from bound import bound_line, read_bandwidth, save_run, weight_bytes
 
 from hydrahead.attention import HybridOptions
 from hydrahead.compat import cache_arg
@@ -155,10 +154,7 @@ def main():
           "hydrahead's KVCache (appended in place) and attention (no GQA copy), the row below it as transformers "
           "ships it (sdpa, DynamicCache); the hybrids' FA heads read their cache as the original does")
     print(bound_line(bandwidth) + " (after the run)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "read_bandwidth": bandwidth, "load_average": load_average(),
-                       "results": results}, f, indent=1)
+    save_run(args.json, args, bandwidth, results)
 
 
 if __name__ == "__main__":

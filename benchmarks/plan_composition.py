@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from bound import bound_line, load_average, read_bandwidth, weight_bytes
+from bound import bound_line, load_average, read_bandwidth, save_run, weight_bytes
 
 from hydrahead.cache import cache_nbytes
 from hydrahead.compat import cache_arg
@@ -373,10 +373,7 @@ def speed(args):
           "the KV it attends to, GDN states, in the run's dtype) at the bandwidth measured above; KV read = bytes of KV "
           "attended / a dense step's")
     print(bound_line(bandwidth) + " (after the run)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "read_bandwidth": bandwidth, "load_average": load_average(),
-                       "results": results}, f, indent=1)
+    save_run(args.json, args, bandwidth, results)
 
 
 def main():

@@ -22,7 +22,6 @@ same run by bound.py), plus the load average before and after.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -31,7 +30,7 @@ import torch
 from transformers import Qwen3ForCausalLM
 from transformers.cache_utils import Cache
 
-from bound import bound_line, load_average, read_bandwidth, weight_bytes
+from bound import bound_line, load_average, read_bandwidth, save_run, weight_bytes
 from hybrid_decode import qwen3_06b_like
 
 from hydrahead.cache import KVLayer, cache_nbytes
@@ -129,10 +128,7 @@ def main():
     print(f"weights {weights / 2**20:.0f} MiB; (x) = the {base_name} step's time over this one, same run; /bound = "
           "time over (weights + cache bytes) / read bandwidth")
     print(f"load average before the run {load_before}; " + bound_line(bandwidth) + " (after the run)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "read_bandwidth": bandwidth, "load_average": [load_before, load_average()],
-                       "weight_bytes": weights, "results": results}, f, indent=1)
+    save_run(args.json, args, bandwidth, results, load_before=load_before, weight_bytes=weights)
 
 
 if __name__ == "__main__":

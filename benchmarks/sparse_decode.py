@@ -16,14 +16,13 @@ speed does not depend on which). Budget `--budget` tokens per sparse head, token
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM, StaticCache
 
-from bound import bound_line, load_average, read_bandwidth, weight_bytes
+from bound import bound_line, read_bandwidth, save_run, weight_bytes
 
 from hydrahead.compat import cache_arg
 from hydrahead.decoding import random_roles, sparse_decoding
@@ -128,10 +127,7 @@ def main():
     print("/bound = time over the weights plus the KV the step reads, at the read bandwidth measured above")
     print(bound_line(bandwidth) + " (after the run)")
     print(f"(median of {args.repeats} steps each; KV bytes are those the attention reads, {args.dtype})")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "lengths": lengths, "retrieval_heads": n_ret, "read_bandwidth": bandwidth,
-                       "load_average": load_average(), "results": results}, f, indent=1)
+    save_run(args.json, args, bandwidth, results, lengths=lengths, retrieval_heads=n_ret)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,19 @@ def _small_tokenizer():
     return train_tokenizer(tokenizer_texts(600, seed=1), vocab_size=600)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module that asks (`pytestmark = pytest.mark.usefixtures("one_thread")`): tiny
+    tensors and many small ops, where a second thread only adds OpenMP hand-offs (10x slower here when the 2
+    cores are busy). Restored after the module."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     """A small byte-level BPE tokenizer trained like the teacher's (seconds, offline)."""

@@ -341,6 +341,14 @@ def _kv_checks(args) -> None:
                   for value, default in ((args.kv_window, 0), (args.kv_sink, 0), (args.kv_block, 64))))
 
 
+def _add_change_on_resume(parser, summary: str) -> None:
+    from .cli_help import flag
+
+    parser.add_argument(*flag("change_on_resume"), metavar="KEYS",
+                        help="settings that may differ from the checkpoint's on purpose, e.g. lr after a divergence or "
+                             f"more steps (recorded in {summary}); otherwise a changed setting is refused (default: none)")
+
+
 def _add_kv_args(parser) -> None:
     from .cli_help import flag
 
@@ -573,9 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
                          f"{config_default('parallel')}")
     ds.add_argument(*flag("set"), action="append", metavar="KEY=VALUE",
                     help="any other config key, e.g. --set kl_weight=2 (repeatable)")
-    ds.add_argument(*flag("change_on_resume"), metavar="KEYS",
-                    help="settings that may differ from the checkpoint's on purpose, e.g. lr after a divergence or "
-                         "more steps (recorded in summary.json); otherwise a changed setting is refused (default: none)")
+    _add_change_on_resume(ds, "summary.json")
     ds.add_argument(*flag("quiet"), action="store_true", help="no progress bar")
     ds.set_defaults(func=_distill, check=checks.check_distill)
 
@@ -629,9 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"steps between checkpoints {preset_default('checkpoint_every')}")
     tr.add_argument(*flag("max_minutes"), type=float,
                     help="stop (with a checkpoint) after this long; run again to resume (default: no limit)")
-    tr.add_argument(*flag("change_on_resume"), metavar="KEYS",
-                    help="settings that may differ from the checkpoint's on purpose, e.g. lr after a divergence "
-                         "(recorded in training_summary.json); otherwise a changed setting is refused (default: none)")
+    _add_change_on_resume(tr, "training_summary.json")
     tr.add_argument(*flag("quiet"), action="store_true", help="no progress bar")
     tr.set_defaults(func=_teacher_train, check=checks.check_teacher_train)
 

@@ -18,14 +18,7 @@ LIMIT = 25
 KV_ARGS = ["--kv-window", "32", "--kv-sink", "4", "--kv-block", "64"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors and many small ops: a second thread only adds OpenMP hand-offs (10x slower here when
-    the 2 cores are busy)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _eval(kv_format, out):

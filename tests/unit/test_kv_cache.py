@@ -42,14 +42,7 @@ from hydrahead.plan import HeadPlan
 VOCAB = 97
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors and many small ops: a second thread only adds OpenMP hand-offs (10x slower here when
-    the 2 cores are busy)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny(arch="qwen3", head_dim=32, seed=0, layers=2, **extra):

@@ -25,12 +25,7 @@ ROLES = [[R, R], [S, R], [S, S]]
 FORMATS = [["tq4:int4", "bf16"], ["fp8", "nvfp4:mxfp4"], ["int4", "tq4"]]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def generate(model, x, mask=None, new=6, **cache):

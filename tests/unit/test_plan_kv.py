@@ -27,12 +27,7 @@ VOCAB = 97
 SPECS = ["bf16", "fp8", "fp8-head", "fp8-none", "int4", "int4-token", "mxfp4", "nvfp4", "tq4", "tq4-qjl"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny(layers=2, seed=0):
