@@ -7,10 +7,11 @@ cache is filled with random keys and values as a prefill would leave it, then si
 processes hits each alike). Caches:
 
 - the model dtype ("bf16" in the table when --dtype bfloat16): keys and values appended in place into a
-  preallocated buffer (hydrahead.cache.KVLayer), attended by sdpa: no copy of the cache per step;
+  preallocated buffer (hydrahead.cache.KVLayer), read by hydrahead's decode attention (attention/gqa_decode.py): no copy of the cache per step;
 - each `--specs` entry (e.g. int4 = int4-channel keys, int4-token values; tq4:int4): a QuantizedKVCache (sink 4,
-  window 128, blocks of 64) read by hydrahead's attention, with the compiled fused 4-bit path (HYDRAHEAD_COMPILE=1,
-  the default here; --reference times the plain-PyTorch loop instead).
+  window 128, blocks of 64) read by hydrahead's attention: by default int4 through the native kernel
+  (hydrahead.kv.native) and other formats through the inductor-compiled fused function; `--path compiled` times
+  the compiled function for int4 too, `--path reference` the plain-PyTorch loop.
 
 Printed per cache and length: ms per step, the model-dtype step's time over it (x, in the same run), and time over
 the bandwidth bound (bytes the step must read, weights + cache as stored, at the read bandwidth measured in the
@@ -34,7 +35,14 @@ from bound import bound_line, load_average, read_bandwidth, save_run, weight_byt
 from hybrid_decode import qwen3_06b_like
 
 from hydrahead.cache import KVLayer, cache_nbytes
-from hydrahead.kv import QuantizedKVCache, use_blockwise_attention
+from hydrahead.kv import QuantizedKVCache, fused, native, use_blockwise_attention
+
+# --path: (HYDRAHEAD_NATIVE, HYDRAHEAD_COMPILE, what it means)
+PATHS = {
+    "native": ("1", "1", "the native kernel for int4, the inductor-compiled function for other formats"),
+    "compiled": ("0", "1", "the inductor-compiled fused function for every format"),
+    "reference": ("0", "0", "the plain-PyTorch loop over chunks"),
+}
 
 
 class InPlaceLayer(KVLayer):
@@ -82,13 +90,14 @@ def main():
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    parser.add_argument("--reference", action="store_true", help="time the plain-PyTorch blockwise loop, not the "
-                                                                 "compiled fused path")
+    parser.add_argument("--path", default="native", choices=list(PATHS),
+                        help="how the 4-bit chunks are read (default: native): " + "; ".join(
+                            f"{name}: {what}" for name, (_, _, what) in PATHS.items()))
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    os.environ["HYDRAHEAD_COMPILE"] = "0" if args.reference else "1"
+    os.environ[native.ENV], os.environ[fused.ENV], path = PATHS[args.path]
     dtype = getattr(torch, args.dtype)
     lengths = [int(x) for x in args.lengths.split(",")]
     specs = [None, *args.specs.split(",")]
@@ -99,7 +108,6 @@ def main():
     model = Qwen3ForCausalLM(config).to(dtype).eval()
     use_blockwise_attention(model)  # plain tensors still go to sdpa; quantized views to the blockwise path
     weights = weight_bytes(model)
-    path = "reference loop" if args.reference else "compiled fused path"
     print(f"Qwen3-0.6B-like, {args.layers} of 28 layers, {args.dtype}, {torch.get_num_threads()} threads, "
           f"4-bit: {path}")
     bandwidth = read_bandwidth()

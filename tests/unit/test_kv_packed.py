@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from hydrahead.kv import FORMATS, QuantizedKVLayer, fused, get_format
+from hydrahead.kv import FORMATS, QuantizedKVLayer, fused, get_format, native
 from hydrahead.kv.attention import online_softmax_attention
 from hydrahead.kv.packed import PackedBlocks
 from hydrahead.kv.spec import VARIANTS, parse_cache_spec
@@ -21,7 +21,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture
-def fresh_compiled():
+def no_native(monkeypatch):
+    """The inductor path under test: the native int4 kernel (tested in test_kv_native.py) would take int4 first."""
+    monkeypatch.setenv(native.ENV, "0")
+
+
+@pytest.fixture
+def fresh_compiled(no_native):
     """Forget compiled functions and the logged warning around a test that changes how compilation goes."""
     saved, warned = dict(fused._compiled), fused._warned
     fused._compiled.clear()
@@ -203,13 +209,13 @@ def compiled_equals_reference(spec, masks, caplog):
     assert all(fn is not None for fn in fused._compiled.values())
 
 
-def test_the_compiled_fused_attention_equals_the_reference_int4(caplog):
+def test_the_compiled_fused_attention_equals_the_reference_int4(caplog, no_native):
     compiled_equals_reference("int4", ["none"], caplog)  # the masked variant is a second compilation: slow tier
 
 
 @pytest.mark.slow  # 10-20 s of compilation per pair of formats and mask
 @pytest.mark.parametrize("spec", PAIRS)
-def test_the_compiled_fused_attention_equals_the_reference(spec, caplog):
+def test_the_compiled_fused_attention_equals_the_reference(spec, caplog, no_native):
     compiled_equals_reference(spec, ["none", "bool"], caplog)
 
 

@@ -77,9 +77,9 @@ def online_softmax_attention(query: torch.Tensor, view: KVView, mask: torch.Tens
     the max, so only one chunk's scores and dequantized values exist at a time. `mask` is sdpa's
     ([B, 1 | Hq, Q, T], True = attend), an additive float mask, or None (causal, no padding).
 
-    `fast` (default: HYDRAHEAD_COMPILE=1 in the environment) reads the quantized chunks of a decode step with
-    the compiled fused function of `hydrahead.kv.fused`; without it, or where it cannot compile, this plain
-    loop (the reference) runs.
+    A decode step's quantized chunks go to a fast path where one takes them (`hydrahead.kv.fused.fast_chunk`): the
+    native int4 kernel by default, the inductor-compiled function with `fast=True` or HYDRAHEAD_COMPILE=1.
+    `fast=False`, or a chunk no fast path takes, runs this plain loop: the reference they are tested against.
     """
     B, Hq, Q, D = query.shape
     H = view.num_heads
@@ -89,14 +89,14 @@ def online_softmax_attention(query: torch.Tensor, view: KVView, mask: torch.Tens
     l = q.new_zeros((B, H, G * Q, 1))
     acc = q.new_zeros((B, H, G * Q, D))
     T = view.num_tokens
-    use_fused = fused.enabled(fast) and G * Q <= fused.MAX_ROWS
+    use_fast = fast is not False and G * Q <= fused.MAX_ROWS
     for start, keys, values in view.chunks():
         t = keys.num_tokens if isinstance(keys, QTensor) else keys.shape[-2]
         bias = gqa_decode.mask_bias(mask, start, t, T, Q, B, H, G, q.device)
-        if use_fused and isinstance(keys, QTensor):
+        if use_fast and isinstance(keys, QTensor):
             rows = None if bias is None else bias.expand(B, bias.shape[1], G, Q, t).reshape(B, -1, G * Q, t)
-            step = fused.fused_chunk(q, view.gather_heads(keys), view.gather_heads(values), rows, m, l, acc,
-                                     view.key_format, view.value_format)
+            step = fused.fast_chunk(q, view.gather_heads(keys), view.gather_heads(values), rows, m, l, acc,
+                                    view.key_format, view.value_format, fast)
             if step is not None:
                 m, l, acc = step
                 continue

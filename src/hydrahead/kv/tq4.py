@@ -62,6 +62,11 @@ class TQ4Format(KVFormat):
             self._projection = torch.randn(self.qjl_dim, head_dim, generator=generator)  # [m, D]
 
     @property
+    def codebook(self) -> torch.Tensor:
+        """The 16 code values (float32, for unit vectors in the rotated space): code c decodes to codebook[c]."""
+        return self._centroids
+
+    @property
     def rotation(self) -> RandomSignRotation:
         """The rotation codes live in: rotate a query with it to score keys without unrotating them."""
         return self._rotation

@@ -1,0 +1,160 @@
+"""A small compiled kernel for the common 4-bit caches (int4 values per token, with int4 keys per channel or tq4 keys):
+one chunk of decode attention read straight from the packed codes (`int4_decode.c`, whose header says how).
+
+Built on first use with the system C compiler (`$CC`, else cc or gcc) for this machine (-march=native) into
+`$HYDRAHEAD_CACHE_DIR/native` (default ~/.cache/hydrahead/native), named by a hash of the source, the flags and the
+CPU, and loaded through ctypes: no torch headers, so building takes about a second. Without a compiler, or when the
+build fails, `available()` says why and callers run the plain-PyTorch reference; nothing else changes.
+
+HYDRAHEAD_NATIVE=0 in the environment turns it off (the reference, or the compiled-by-inductor path where asked
+for, then serves every call).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..base import KVFormat, QTensor
+
+ENV = "HYDRAHEAD_NATIVE"
+SOURCE = Path(__file__).with_name("int4_decode.c")
+# -fassociative-math lets the dot products and sums vectorize; no -ffast-math, which would assume no infinities
+FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros",
+         "-fassociative-math")
+MAX_ROWS = 8  # query rows per KV head the kernel takes (int4_decode.c's MAX_ROWS)
+
+log = logging.getLogger(__name__)
+_library: ctypes.CDLL | None = None
+_failure: str | None = None  # why the kernel is unavailable, once a build was tried and failed
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cpu_key() -> str:
+    """What -march=native depends on: the CPU's feature flags where Linux lists them, else the processor name."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("HYDRAHEAD_CACHE_DIR") or Path.home() / ".cache" / "hydrahead"
+    return Path(root) / "native"
+
+
+def _build() -> ctypes.CDLL:
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C compiler found (set CC, or install cc / gcc)")
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(source + " ".join(FLAGS).encode() + compiler.encode() + _cpu_key().encode()).hexdigest()[:16]
+    target = _cache_dir() / f"int4_decode-{platform.machine()}-{key}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # built under a temporary name and renamed: a killed build leaves no half-written library behind that name
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            out = Path(tmp) / target.name
+            run = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(out), "-lm"], capture_output=True, text=True)
+            if run.returncode:
+                raise RuntimeError(f"{Path(compiler).name} failed: {(run.stderr or run.stdout).strip()[:500]}")
+            os.replace(out, target)
+    library = ctypes.CDLL(str(target))
+    library.hh_int4_chunk.restype = library.hh_codebook_int4_chunk.restype = ctypes.c_int
+    library.hh_int4_chunk.argtypes = [ctypes.c_int64] * 7 + [ctypes.c_void_p] * 12
+    library.hh_codebook_int4_chunk.argtypes = [ctypes.c_int64] * 6 + [ctypes.c_void_p] * 12
+    return library
+
+
+def available() -> tuple[bool, str]:
+    """(whether the kernel can run here, why not), building it on the first call."""
+    global _library, _failure
+    if _library is None and _failure is None:
+        try:
+            _library = _build()
+        except Exception as e:  # noqa: BLE001 - any build or load failure means: use the reference path
+            _failure = f"{type(e).__name__}: {e}"
+            log.warning("hydrahead: the native 4-bit decode kernel is unavailable (%s); using the plain-PyTorch path",
+                        _failure)
+    return _library is not None, _failure or ""
+
+
+def takes(key_format: KVFormat, value_format: KVFormat, rows: int, device: torch.device) -> bool:
+    """Whether `chunk` serves this pair of formats and query rows per KV head: int4 values grouped over channels
+    per token, with int4 keys grouped over tokens per channel (the default 4-bit cache) or tq4 keys (no QJL)."""
+    from ..int4 import Int4Format
+    from ..tq4 import TQ4Format
+
+    keys_ok = (isinstance(key_format, Int4Format) and key_format.axis == "channel") or (
+        isinstance(key_format, TQ4Format) and not key_format.qjl)
+    return (enabled() and device.type == "cpu" and rows <= MAX_ROWS and keys_ok and key_format.head_dim <= 256
+            and isinstance(value_format, Int4Format) and value_format.axis == "token"
+            and value_format.group_size % 2 == 0 and available()[0])
+
+
+def _inner_contiguous(t: torch.Tensor) -> bool:
+    return t.stride(-1) == 1 and (t.dim() < 4 or t.stride(-2) == t.shape[-1])
+
+
+def chunk(q: torch.Tensor, keys: QTensor, values: QTensor, bias: torch.Tensor | None, m: torch.Tensor,
+          l: torch.Tensor, acc: torch.Tensor, key_format: KVFormat, value_format: KVFormat
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """`fused.chunk_step`'s contract (q [B, H, R, D] scaled, packed keys and values of t tokens, bias broadcastable
+    to [B, H, R, t] or None, m and l [B, H, R, 1], acc [B, H, R, D] -> the updated (m, l, acc)), computed by the
+    compiled kernel for a pair `takes` accepted; None when this chunk's layout is not one it takes (the caller then
+    runs the reference)."""
+    B, H, R, D = q.shape
+    t = keys.num_tokens
+    codebook = key_format.name == "tq4"
+    if codebook:  # the norms [B, H, t] are small: read as float32
+        key_tensors = [(keys.payload, torch.uint8, 4), (keys.scales["norm"].float().contiguous(), torch.float32, 3)]
+    elif t % key_format.group_size:
+        return None
+    else:
+        key_tensors = [(keys.payload, torch.uint8, 4), (keys.scales["scale"], torch.float16, 4),
+                       (keys.scales["zero"], torch.float16, 4)]
+    value_tensors = [(values.payload, torch.uint8, 4), (values.scales["scale"], torch.float16, 4),
+                     (values.scales["zero"], torch.float16, 4)]
+    stored = [x for x, dtype, dims in (*key_tensors, *value_tensors)
+              if x.dtype == dtype and x.dim() == dims and _inner_contiguous(x)]
+    if len(stored) != len(key_tensors) + len(value_tensors):
+        return None
+    strides = torch.tensor([s for x in stored for s in x.stride()[:2]], dtype=torch.int64)  # (b, h) of each
+    pointers = [x.data_ptr() for x in stored]
+    q = key_format.key_query(q).float().contiguous()  # tq4: the query rotated once instead of every key unrotated
+    m, l, acc = m.float().contiguous().clone(), l.float().contiguous().clone(), acc.float().contiguous().clone()
+    if bias is not None:
+        bias = bias.float().expand(B, H, R, t).contiguous()
+    tail = [strides.data_ptr(), None if bias is None else bias.data_ptr(), m.data_ptr(), l.data_ptr(), acc.data_ptr()]
+    if codebook:
+        table = key_format.codebook.to(q.device).contiguous()
+        code = _library.hh_codebook_int4_chunk(B, H, R, D, t, value_format.group_size, q.data_ptr(), pointers[0],
+                                               table.data_ptr(), *pointers[1:], *tail)
+    else:
+        code = _library.hh_int4_chunk(B, H, R, D, t, key_format.group_size, value_format.group_size, q.data_ptr(),
+                                      *pointers, *tail)
+    if code:
+        raise RuntimeError(f"the native kernel refused its arguments (code {code}) after takes() accepted them")
+    return m, l, acc
