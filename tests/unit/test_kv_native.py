@@ -73,6 +73,18 @@ def test_the_kernel_equals_the_chunk_function(B, H, R, D, T, key_group, value_gr
     assert torch.isinf(got[0][-1, 0, -1]) == masked  # an empty row stays empty while the chunk hides every key
 
 
+def test_a_call_split_over_threads_equals_one_thread(monkeypatch):
+    need_kernel()
+    inputs = chunk_inputs(2, 4, 2, 64, 2048, 32, 32)
+    one = native.chunk(*inputs[:3], None, *inputs[3:])
+    monkeypatch.setattr(native, "_pool", None)
+    monkeypatch.setattr(native, "_pool_size", 0)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # 8 heads x 2048 tokens: split in 3
+    split = native.chunk(*inputs[:3], None, *inputs[3:])
+    assert native._pool_size == 3
+    assert all(torch.equal(a, b) for a, b in zip(one, split))  # each head is computed alike, wherever it runs
+
+
 def test_the_kernel_does_not_touch_its_inputs():
     need_kernel()
     q, keys, values, m, l, acc, kf, vf = chunk_inputs(1, 2, 2, 64, 64, 32, 32)

@@ -12,7 +12,9 @@ for, then serves every call).
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -32,10 +34,13 @@ SOURCE = Path(__file__).with_name("int4_decode.c")
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros",
          "-fassociative-math")
 MAX_ROWS = 8  # query rows per KV head the kernel takes (int4_decode.c's MAX_ROWS)
+MIN_TOKENS_PER_THREAD = 4096  # head x tokens below which a call is not split over threads
 
 log = logging.getLogger(__name__)
 _library: ctypes.CDLL | None = None
 _failure: str | None = None  # why the kernel is unavailable, once a build was tried and failed
+_pool: concurrent.futures.ThreadPoolExecutor | None = None  # threads a large call is split over, made on first use
+_pool_size = 0
 
 
 def enabled() -> bool:
@@ -83,8 +88,8 @@ def _build() -> ctypes.CDLL:
             os.replace(out, target)
     library = ctypes.CDLL(str(target))
     library.hh_int4_chunk.restype = library.hh_codebook_int4_chunk.restype = ctypes.c_int
-    library.hh_int4_chunk.argtypes = [ctypes.c_int64] * 7 + [ctypes.c_void_p] * 12
-    library.hh_codebook_int4_chunk.argtypes = [ctypes.c_int64] * 6 + [ctypes.c_void_p] * 12
+    library.hh_int4_chunk.argtypes = [ctypes.c_int64] * 7 + [ctypes.c_void_p] * 12 + [ctypes.c_int64] * 2
+    library.hh_codebook_int4_chunk.argtypes = [ctypes.c_int64] * 6 + [ctypes.c_void_p] * 12 + [ctypes.c_int64] * 2
     return library
 
 
@@ -112,6 +117,19 @@ def takes(key_format: KVFormat, value_format: KVFormat, rows: int, device: torch
     return (enabled() and device.type == "cpu" and rows <= MAX_ROWS and keys_ok and key_format.head_dim <= 256
             and isinstance(value_format, Int4Format) and value_format.axis == "token"
             and value_format.group_size % 2 == 0 and available()[0])
+
+
+def _over_threads(run, heads: int, tokens: int) -> list[int]:
+    """run(first, last) over the heads [0, heads), split over torch's thread count (ctypes releases the GIL while
+    the kernel runs); a small call runs on the calling thread, where a thread hand-off would cost more."""
+    global _pool, _pool_size
+    parts = min(torch.get_num_threads(), heads, heads * tokens // MIN_TOKENS_PER_THREAD)
+    if parts <= 1:
+        return [run(0, heads)]
+    if _pool is None or _pool_size < parts:
+        _pool, _pool_size = concurrent.futures.ThreadPoolExecutor(parts, thread_name_prefix="hydrahead-native"), parts
+    bounds = [heads * i // parts for i in range(parts + 1)]
+    return list(_pool.map(run, bounds[:-1], bounds[1:]))
 
 
 def _inner_contiguous(t: torch.Tensor) -> bool:
@@ -150,11 +168,12 @@ def chunk(q: torch.Tensor, keys: QTensor, values: QTensor, bias: torch.Tensor | 
     tail = [strides.data_ptr(), None if bias is None else bias.data_ptr(), m.data_ptr(), l.data_ptr(), acc.data_ptr()]
     if codebook:
         table = key_format.codebook.to(q.device).contiguous()
-        code = _library.hh_codebook_int4_chunk(B, H, R, D, t, value_format.group_size, q.data_ptr(), pointers[0],
-                                               table.data_ptr(), *pointers[1:], *tail)
+        run = functools.partial(_library.hh_codebook_int4_chunk, B, H, R, D, t, value_format.group_size, q.data_ptr(),
+                                pointers[0], table.data_ptr(), *pointers[1:], *tail)
     else:
-        code = _library.hh_int4_chunk(B, H, R, D, t, key_format.group_size, value_format.group_size, q.data_ptr(),
-                                      *pointers, *tail)
-    if code:
-        raise RuntimeError(f"the native kernel refused its arguments (code {code}) after takes() accepted them")
+        run = functools.partial(_library.hh_int4_chunk, B, H, R, D, t, key_format.group_size, value_format.group_size,
+                                q.data_ptr(), *pointers, *tail)
+    codes = _over_threads(run, B * H, t)
+    if any(codes):
+        raise RuntimeError(f"the native kernel refused its arguments (codes {codes}) after takes() accepted them")
     return m, l, acc

@@ -198,25 +198,26 @@ static int bad_shape(int64_t R, int64_t D, int64_t T, int64_t kg, int64_t vg) {
  * stride D/2; int4 keys' scale and zero [B, H, T/kg, D] with group stride D (hh_int4_chunk), or tq4 keys' norms
  * [B, H, T] float32 with the 16-entry codebook (hh_codebook_int4_chunk); values' scale and zero [B, H, T, D/vg]
  * with token stride D/vg; bias [B, H, R, T] contiguous or NULL; m and l [B, H, R], acc [B, H, R, D], contiguous,
- * updated in place. `strides` holds the (b, h) strides of each key tensor, then of each value tensor. Returns 0,
- * or a negative number for shapes it does not take. */
+ * updated in place. `strides` holds the (b, h) strides of each key tensor, then of each value tensor. Only the
+ * heads b * H + h in [first, last) are computed, so that callers can split a call over threads. Returns 0, or a
+ * negative number for shapes it does not take. */
 int hh_int4_chunk(int64_t B, int64_t H, int64_t R, int64_t D, int64_t T, int64_t kg, int64_t vg, const float *q,
                   const uint8_t *kc, const uint16_t *ks, const uint16_t *kz, const uint8_t *vc, const uint16_t *vs,
-                  const uint16_t *vz, const int64_t *strides, const float *bias, float *m, float *l, float *acc) {
-    if (bad_shape(R, D, T, kg, vg)) return -1;
+                  const uint16_t *vz, const int64_t *strides, const float *bias, float *m, float *l, float *acc,
+                  int64_t first, int64_t last) {
+    if (bad_shape(R, D, T, kg, vg) || first < 0 || last > B * H) return -1;
     float *scores = malloc(sizeof(float) * (size_t)(R * T));
     if (!scores) return -2;
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t h = 0; h < H; h++) {
-            const int64_t bh = b * H + h;
-            int4_scores(R, D, T, kg, q + bh * R * D, kc + b * strides[0] + h * strides[1],
-                        ks + b * strides[2] + h * strides[3], kz + b * strides[4] + h * strides[5], scores);
-            if (bias)
-                for (int64_t i = 0; i < R * T; i++) scores[i] += bias[bh * R * T + i];
-            softmax_int4_values(R, D, T, vg, scores, vc + b * strides[6] + h * strides[7],
-                                vs + b * strides[8] + h * strides[9], vz + b * strides[10] + h * strides[11],
-                                m + bh * R, l + bh * R, acc + bh * R * D);
-        }
+    for (int64_t bh = first; bh < last; bh++) {
+        const int64_t b = bh / H, h = bh % H;
+        int4_scores(R, D, T, kg, q + bh * R * D, kc + b * strides[0] + h * strides[1],
+                    ks + b * strides[2] + h * strides[3], kz + b * strides[4] + h * strides[5], scores);
+        if (bias)
+            for (int64_t i = 0; i < R * T; i++) scores[i] += bias[bh * R * T + i];
+        softmax_int4_values(R, D, T, vg, scores, vc + b * strides[6] + h * strides[7],
+                            vs + b * strides[8] + h * strides[9], vz + b * strides[10] + h * strides[11],
+                            m + bh * R, l + bh * R, acc + bh * R * D);
+    }
     free(scores);
     return 0;
 }
@@ -224,21 +225,20 @@ int hh_int4_chunk(int64_t B, int64_t H, int64_t R, int64_t D, int64_t T, int64_t
 int hh_codebook_int4_chunk(int64_t B, int64_t H, int64_t R, int64_t D, int64_t T, int64_t vg, const float *q,
                            const uint8_t *kc, const float *codebook, const float *norms, const uint8_t *vc,
                            const uint16_t *vs, const uint16_t *vz, const int64_t *strides, const float *bias,
-                           float *m, float *l, float *acc) {
-    if (bad_shape(R, D, T, 1, vg)) return -1;
+                           float *m, float *l, float *acc, int64_t first, int64_t last) {
+    if (bad_shape(R, D, T, 1, vg) || first < 0 || last > B * H) return -1;
     float *scores = malloc(sizeof(float) * (size_t)(R * T));
     if (!scores) return -2;
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t h = 0; h < H; h++) {
-            const int64_t bh = b * H + h;
-            codebook_scores(R, D, T, q + bh * R * D, kc + b * strides[0] + h * strides[1], codebook,
-                            norms + b * strides[2] + h * strides[3], scores);
-            if (bias)
-                for (int64_t i = 0; i < R * T; i++) scores[i] += bias[bh * R * T + i];
-            softmax_int4_values(R, D, T, vg, scores, vc + b * strides[4] + h * strides[5],
-                                vs + b * strides[6] + h * strides[7], vz + b * strides[8] + h * strides[9],
-                                m + bh * R, l + bh * R, acc + bh * R * D);
-        }
+    for (int64_t bh = first; bh < last; bh++) {
+        const int64_t b = bh / H, h = bh % H;
+        codebook_scores(R, D, T, q + bh * R * D, kc + b * strides[0] + h * strides[1], codebook,
+                        norms + b * strides[2] + h * strides[3], scores);
+        if (bias)
+            for (int64_t i = 0; i < R * T; i++) scores[i] += bias[bh * R * T + i];
+        softmax_int4_values(R, D, T, vg, scores, vc + b * strides[4] + h * strides[5],
+                            vs + b * strides[6] + h * strides[7], vz + b * strides[8] + h * strides[9],
+                            m + bh * R, l + bh * R, acc + bh * R * D);
+    }
     free(scores);
     return 0;
 }
