@@ -166,7 +166,31 @@ static void softmax_int4_values(int64_t R, int64_t D, int64_t T, int64_t vg, flo
         }
         for (int64_t g = 0; g < vgroups; g++) zero_sum[r][g] = 0.0f;
     }
-    for (int64_t t = 0; t < T; t++) {
+    int64_t t = 0;
+    /* four tokens at a time: each partial sum is loaded and stored once per four tokens, not once per token */
+    for (; t + 4 <= T; t += 4) {
+        float even4[4][MAX_HALF], odd4[4][MAX_HALF];
+        for (int k = 0; k < 4; k++) unpack(codes + (t + k) * half, (int)half, even4[k], odd4[k]);
+        for (int64_t g = 0; g < vgroups; g++) {
+            float scale[4], zero[4];
+            for (int k = 0; k < 4; k++) {
+                scale[k] = half_to_float(scales[(t + k) * vgroups + g]);
+                zero[k] = half_to_float(zeros[(t + k) * vgroups + g]);
+            }
+            for (int64_t r = 0; r < R; r++) {
+                const float *p = scores + r * T + t;
+                const float w0 = p[0] * scale[0], w1 = p[1] * scale[1], w2 = p[2] * scale[2], w3 = p[3] * scale[3];
+                zero_sum[r][g] += p[0] * zero[0] + p[1] * zero[1] + p[2] * zero[2] + p[3] * zero[3];
+                float *restrict ae = acc_even[r] + g * group_half, *restrict ao = acc_odd[r] + g * group_half;
+                const int64_t o = g * group_half;
+                for (int64_t j = 0; j < group_half; j++) {
+                    ae[j] += w0 * even4[0][o + j] + w1 * even4[1][o + j] + w2 * even4[2][o + j] + w3 * even4[3][o + j];
+                    ao[j] += w0 * odd4[0][o + j] + w1 * odd4[1][o + j] + w2 * odd4[2][o + j] + w3 * odd4[3][o + j];
+                }
+            }
+        }
+    }
+    for (; t < T; t++) {
         unpack(codes + t * half, (int)half, even, odd);
         for (int64_t g = 0; g < vgroups; g++) {
             const float scale = half_to_float(scales[t * vgroups + g]), zero = half_to_float(zeros[t * vgroups + g]);
