@@ -5,6 +5,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ROOT / "models" / "hydrahead-teacher-3m"
+TEACHER_8L = ROOT / "models" / "hydrahead-teacher-8l"  # the deeper second teacher (8 layers, same heads and length)
 
 
 @functools.lru_cache(maxsize=None)

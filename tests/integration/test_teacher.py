@@ -1,21 +1,22 @@
-"""The shipped teacher: plain transformers loads it, and it meets its native-length targets."""
+"""The shipped teachers: plain transformers loads each, and each meets the same native-length targets."""
 
 import pytest
 
 from hydrahead.evaluation import evaluate
 
-from ..conftest import TEACHER
+from ..conftest import TEACHER, TEACHER_8L
 
 TARGETS = {"niah_single_1": 95, "niah_multikey_1": 80, "niah_multivalue": 70, "vt": 70}
 
 
-@pytest.fixture(scope="module")
-def teacher():
+@pytest.fixture(scope="module", params=[TEACHER, TEACHER_8L], ids=lambda path: path.name)
+def teacher(request):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    assert (TEACHER / "config.json").is_file(), f"the shipped teacher is missing from {TEACHER}"
-    model = AutoModelForCausalLM.from_pretrained(TEACHER, local_files_only=True).eval()
-    tokenizer = AutoTokenizer.from_pretrained(TEACHER, local_files_only=True)
+    path = request.param
+    assert (path / "config.json").is_file(), f"the shipped teacher is missing from {path}"
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return model, tokenizer
 
 

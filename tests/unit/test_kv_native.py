@@ -168,3 +168,31 @@ def test_a_build_lands_under_its_final_name_only_when_complete(monkeypatch, tmp_
     library = native._build()
     built = list((tmp_path / "native").iterdir())
     assert len(built) == 1 and built[0].suffix == ".so" and library.hh_int4_chunk is not None
+
+
+@pytest.mark.parametrize("key_group", [32, None])  # int4 keys, tq4 keys
+def test_the_scoring_and_value_halves_equal_the_formats(key_group):
+    need_kernel()
+    q, keys, values, _, _, _, kf, vf = chunk_inputs(2, 3, 4, 64, 128, key_group, 32, sliced=True)
+    expected = kf.key_query(q) @ kf.score_keys(keys).mT
+    assert torch.allclose(native.scores(q, keys, kf), expected, atol=1e-4, rtol=1e-4)
+    p = torch.softmax(torch.randn(2, 3, 4, 128), dim=-1)
+    assert torch.allclose(native.weighted_values(p, values, vf), p @ vf.dequantize(values), atol=1e-5, rtol=1e-4)
+    assert native.scores(q, keys, get_format("mxfp4", 64)) is None
+    assert native.weighted_values(p, values, get_format("nvfp4", 64)) is None
+
+
+@pytest.mark.parametrize("keys", ["int4", "tq4"])
+def test_sparse_decodings_dense_read_with_the_kernel_equals_it_without(keys, monkeypatch):
+    from hydrahead.kv.read import attend_with_scores
+
+    need_kernel()
+    view = decode_view(300, keys=keys)
+    q = torch.randn(2, 2, 2, 64)
+    valid = torch.ones(2, view.num_tokens, dtype=torch.bool)
+    valid[1, :40] = False
+    fast = attend_with_scores(view, q, valid, 0.125)
+    monkeypatch.setenv(native.ENV, "0")
+    slow = attend_with_scores(view, q, valid, 0.125)
+    for a, b in zip(fast, slow):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)

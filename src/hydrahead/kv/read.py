@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from . import native
+from .base import QTensor
 from .mixed import view_parts
 
 
@@ -24,17 +26,38 @@ def attend_with_scores(view, q: torch.Tensor, valid: torch.Tensor | None, scalin
     for sub, positions in view_parts(view):
         qs = q[:, positions].float() * scaling  # [B, h, g, D]
         chunks = list(sub.chunks())
-        s = torch.cat([sub.scores(qs, keys) for _, keys, _ in chunks], dim=-1)  # [B, h, g, N]
+        s = torch.cat([chunk_scores(sub, qs, keys) for _, keys, _ in chunks], dim=-1)  # [B, h, g, N]
         if valid is not None:
             s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
         p = torch.softmax(s, dim=-1)
         o = torch.zeros_like(qs)
-        for start, keys, values in chunks:
-            v = sub.values(values)  # [B, h, t, D]
-            o = o + p[..., start:start + v.shape[-2]] @ v
+        for start, _, values in chunks:
+            t = values.num_tokens if isinstance(values, QTensor) else values.shape[-2]
+            o = o + chunk_values(sub, p[..., start:start + t], values)
         out[:, positions] = o
         scores[:, positions], probs[:, positions] = s.transpose(-1, -2), p.transpose(-1, -2)
     return out, scores, probs
+
+
+def chunk_scores(view, q: torch.Tensor, keys) -> torch.Tensor:
+    """q [B, h, g, D] (scaled) against one chunk of the view's keys -> [B, h, g, t]: packed keys the native kernel
+    takes are scored in place (`hydrahead.kv.native.scores`), anything else by the view (decoded, or tq4's
+    rotated query)."""
+    if isinstance(keys, QTensor):
+        fast = native.scores(q, view.gather_heads(keys), view.key_format)
+        if fast is not None:
+            return fast
+    return view.scores(q, keys)
+
+
+def chunk_values(view, p: torch.Tensor, values) -> torch.Tensor:
+    """p [B, h, g, t] @ one chunk of the view's values -> [B, h, g, D], read in place where the native kernel takes
+    the format."""
+    if isinstance(values, QTensor):
+        fast = native.weighted_values(p, view.gather_heads(values), view.value_format)
+        if fast is not None:
+            return fast
+    return p @ view.values(values)
 
 
 def gather_rows(view, heads: list[int], index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

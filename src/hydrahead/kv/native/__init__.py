@@ -87,9 +87,13 @@ def _build() -> ctypes.CDLL:
                 raise RuntimeError(f"{Path(compiler).name} failed: {(run.stderr or run.stdout).strip()[:500]}")
             os.replace(out, target)
     library = ctypes.CDLL(str(target))
-    library.hh_int4_chunk.restype = library.hh_codebook_int4_chunk.restype = ctypes.c_int
-    library.hh_int4_chunk.argtypes = [ctypes.c_int64] * 7 + [ctypes.c_void_p] * 12 + [ctypes.c_int64] * 2
-    library.hh_codebook_int4_chunk.argtypes = [ctypes.c_int64] * 6 + [ctypes.c_void_p] * 12 + [ctypes.c_int64] * 2
+    # (leading int64 shape arguments, pointers); every function ends with the int64 head range [first, last)
+    signatures = {"hh_int4_chunk": (7, 12), "hh_codebook_int4_chunk": (6, 12), "hh_int4_scores": (6, 6),
+                  "hh_codebook_scores": (5, 6), "hh_int4_values": (6, 6)}
+    for name, (ints, pointers) in signatures.items():
+        fn = getattr(library, name)
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_int64] * ints + [ctypes.c_void_p] * pointers + [ctypes.c_int64] * 2
     return library
 
 
@@ -106,17 +110,29 @@ def available() -> tuple[bool, str]:
     return _library is not None, _failure or ""
 
 
-def takes(key_format: KVFormat, value_format: KVFormat, rows: int, device: torch.device) -> bool:
-    """Whether `chunk` serves this pair of formats and query rows per KV head: int4 values grouped over channels
-    per token, with int4 keys grouped over tokens per channel (the default 4-bit cache) or tq4 keys (no QJL)."""
+def takes_keys(key_format: KVFormat) -> bool:
+    """int4 keys grouped over tokens per channel (the default 4-bit cache's keys), or tq4 keys without QJL."""
     from ..int4 import Int4Format
     from ..tq4 import TQ4Format
 
-    keys_ok = (isinstance(key_format, Int4Format) and key_format.axis == "channel") or (
+    if key_format.head_dim > 2 * 128:  # int4_decode.c's MAX_HALF
+        return False
+    return (isinstance(key_format, Int4Format) and key_format.axis == "channel") or (
         isinstance(key_format, TQ4Format) and not key_format.qjl)
-    return (enabled() and device.type == "cpu" and rows <= MAX_ROWS and keys_ok and key_format.head_dim <= 256
-            and isinstance(value_format, Int4Format) and value_format.axis == "token"
-            and value_format.group_size % 2 == 0 and available()[0])
+
+
+def takes_values(value_format: KVFormat) -> bool:
+    """int4 values grouped over channels per token (the default 4-bit cache's values)."""
+    from ..int4 import Int4Format
+
+    return (isinstance(value_format, Int4Format) and value_format.axis == "token" and value_format.group_size % 2 == 0
+            and value_format.head_dim <= 2 * 128)
+
+
+def takes(key_format: KVFormat, value_format: KVFormat, rows: int, device: torch.device) -> bool:
+    """Whether `chunk` serves this pair of formats and query rows per KV head (and the kernel could be built)."""
+    return (enabled() and device.type == "cpu" and rows <= MAX_ROWS and takes_keys(key_format)
+            and takes_values(value_format) and available()[0])
 
 
 def _over_threads(run, heads: int, tokens: int) -> list[int]:
@@ -125,15 +141,50 @@ def _over_threads(run, heads: int, tokens: int) -> list[int]:
     global _pool, _pool_size
     parts = min(torch.get_num_threads(), heads, heads * tokens // MIN_TOKENS_PER_THREAD)
     if parts <= 1:
-        return [run(0, heads)]
-    if _pool is None or _pool_size < parts:
-        _pool, _pool_size = concurrent.futures.ThreadPoolExecutor(parts, thread_name_prefix="hydrahead-native"), parts
-    bounds = [heads * i // parts for i in range(parts + 1)]
-    return list(_pool.map(run, bounds[:-1], bounds[1:]))
+        codes = [run(0, heads)]
+    else:
+        if _pool is None or _pool_size < parts:
+            _pool, _pool_size = concurrent.futures.ThreadPoolExecutor(parts, thread_name_prefix="hydrahead-native"), parts
+        bounds = [heads * i // parts for i in range(parts + 1)]
+        codes = list(_pool.map(run, bounds[:-1], bounds[1:]))
+    if any(codes):
+        raise RuntimeError(f"the native kernel refused its arguments (codes {codes}) after its checks accepted them")
+    return codes
 
 
 def _inner_contiguous(t: torch.Tensor) -> bool:
     return t.stride(-1) == 1 and (t.dim() < 4 or t.stride(-2) == t.shape[-1])
+
+
+def _stored(keys: QTensor | None, key_format: KVFormat | None, values: QTensor | None
+            ) -> tuple[list[torch.Tensor], torch.Tensor] | None:
+    """The tensors the kernel reads, in its argument order (keys' then values'), and their (b, h) strides; None when
+    their layout is not one it takes (dtype, rank, inner dims not contiguous, an int4 key group cut by the chunk)."""
+    wanted = []
+    if keys is not None:
+        if key_format.name == "tq4":  # the norms [B, H, t] are small: read as float32
+            wanted += [(keys.payload, torch.uint8, 4), (keys.scales["norm"].float().contiguous(), torch.float32, 3)]
+        elif keys.num_tokens % key_format.group_size:
+            return None
+        else:
+            wanted += [(keys.payload, torch.uint8, 4), (keys.scales["scale"], torch.float16, 4),
+                       (keys.scales["zero"], torch.float16, 4)]
+    if values is not None:
+        wanted += [(values.payload, torch.uint8, 4), (values.scales["scale"], torch.float16, 4),
+                   (values.scales["zero"], torch.float16, 4)]
+    if not all(x.dtype == dtype and x.dim() == dims and _inner_contiguous(x) for x, dtype, dims in wanted):
+        return None
+    tensors = [x for x, _, _ in wanted]
+    return tensors, torch.tensor([s for x in tensors for s in x.stride()[:2]], dtype=torch.int64)
+
+
+def _key_arguments(key_format: KVFormat, tensors: list[torch.Tensor], q: torch.Tensor) -> tuple[list, object]:
+    """(pointer arguments for the keys, the codebook tensor to keep alive or None): tq4 passes its codebook after
+    the codes."""
+    if key_format.name == "tq4":
+        table = key_format.codebook.to(q.device).contiguous()
+        return [tensors[0].data_ptr(), table.data_ptr(), tensors[1].data_ptr()], table
+    return [x.data_ptr() for x in tensors], None
 
 
 def chunk(q: torch.Tensor, keys: QTensor, values: QTensor, bias: torch.Tensor | None, m: torch.Tensor,
@@ -145,35 +196,65 @@ def chunk(q: torch.Tensor, keys: QTensor, values: QTensor, bias: torch.Tensor | 
     runs the reference)."""
     B, H, R, D = q.shape
     t = keys.num_tokens
-    codebook = key_format.name == "tq4"
-    if codebook:  # the norms [B, H, t] are small: read as float32
-        key_tensors = [(keys.payload, torch.uint8, 4), (keys.scales["norm"].float().contiguous(), torch.float32, 3)]
-    elif t % key_format.group_size:
+    layout = _stored(keys, key_format, values)
+    if layout is None:
         return None
-    else:
-        key_tensors = [(keys.payload, torch.uint8, 4), (keys.scales["scale"], torch.float16, 4),
-                       (keys.scales["zero"], torch.float16, 4)]
-    value_tensors = [(values.payload, torch.uint8, 4), (values.scales["scale"], torch.float16, 4),
-                     (values.scales["zero"], torch.float16, 4)]
-    stored = [x for x, dtype, dims in (*key_tensors, *value_tensors)
-              if x.dtype == dtype and x.dim() == dims and _inner_contiguous(x)]
-    if len(stored) != len(key_tensors) + len(value_tensors):
-        return None
-    strides = torch.tensor([s for x in stored for s in x.stride()[:2]], dtype=torch.int64)  # (b, h) of each
-    pointers = [x.data_ptr() for x in stored]
+    tensors, strides = layout
+    n_keys = len(tensors) - 3
     q = key_format.key_query(q).float().contiguous()  # tq4: the query rotated once instead of every key unrotated
     m, l, acc = m.float().contiguous().clone(), l.float().contiguous().clone(), acc.float().contiguous().clone()
     if bias is not None:
         bias = bias.float().expand(B, H, R, t).contiguous()
-    tail = [strides.data_ptr(), None if bias is None else bias.data_ptr(), m.data_ptr(), l.data_ptr(), acc.data_ptr()]
-    if codebook:
-        table = key_format.codebook.to(q.device).contiguous()
-        run = functools.partial(_library.hh_codebook_int4_chunk, B, H, R, D, t, value_format.group_size, q.data_ptr(),
-                                pointers[0], table.data_ptr(), *pointers[1:], *tail)
+    key_pointers, table = _key_arguments(key_format, tensors[:n_keys], q)
+    tail = [x.data_ptr() for x in tensors[n_keys:]] + [strides.data_ptr(), None if bias is None else bias.data_ptr(),
+                                                       m.data_ptr(), l.data_ptr(), acc.data_ptr()]
+    if table is not None:
+        run = functools.partial(_library.hh_codebook_int4_chunk, B, H, R, D, t, value_format.group_size,
+                                q.data_ptr(), *key_pointers, *tail)
     else:
         run = functools.partial(_library.hh_int4_chunk, B, H, R, D, t, key_format.group_size, value_format.group_size,
-                                q.data_ptr(), *pointers, *tail)
-    codes = _over_threads(run, B * H, t)
-    if any(codes):
-        raise RuntimeError(f"the native kernel refused its arguments (codes {codes}) after takes() accepted them")
+                                q.data_ptr(), *key_pointers, *tail)
+    _over_threads(run, B * H, t)
     return m, l, acc
+
+
+def scores(q: torch.Tensor, keys: QTensor, key_format: KVFormat) -> torch.Tensor | None:
+    """q [B, H, R, D] (scaled) . packed keys [B, H, t, D] -> float32 [B, H, R, t], or None where the kernel does not
+    take them (the caller then scores with the format)."""
+    B, H, R, D = q.shape
+    if not (enabled() and q.device.type == "cpu" and R <= MAX_ROWS and takes_keys(key_format) and available()[0]):
+        return None
+    layout = _stored(keys, key_format, None)
+    if layout is None:
+        return None
+    tensors, strides = layout
+    t = keys.num_tokens
+    q = key_format.key_query(q).float().contiguous()
+    out = q.new_empty(B, H, R, t)
+    key_pointers, table = _key_arguments(key_format, tensors, q)
+    if table is not None:
+        run = functools.partial(_library.hh_codebook_scores, B, H, R, D, t, q.data_ptr(), *key_pointers,
+                                strides.data_ptr(), out.data_ptr())
+    else:
+        run = functools.partial(_library.hh_int4_scores, B, H, R, D, t, key_format.group_size, q.data_ptr(),
+                                *key_pointers, strides.data_ptr(), out.data_ptr())
+    _over_threads(run, B * H, t)
+    return out
+
+
+def weighted_values(p: torch.Tensor, values: QTensor, value_format: KVFormat) -> torch.Tensor | None:
+    """p [B, H, R, t] @ packed values [B, H, t, D] -> float32 [B, H, R, D], or None where the kernel does not take
+    them (the caller then decodes the values)."""
+    B, H, R, t = p.shape
+    if not (enabled() and p.device.type == "cpu" and R <= MAX_ROWS and takes_values(value_format) and available()[0]):
+        return None
+    layout = _stored(None, None, values)
+    if layout is None:
+        return None
+    tensors, strides = layout
+    p = p.float().contiguous()
+    out = p.new_empty(B, H, R, value_format.head_dim)
+    run = functools.partial(_library.hh_int4_values, B, H, R, value_format.head_dim, t, value_format.group_size,
+                            p.data_ptr(), *[x.data_ptr() for x in tensors], strides.data_ptr(), out.data_ptr())
+    _over_threads(run, B * H, t)
+    return out

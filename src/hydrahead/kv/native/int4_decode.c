@@ -139,30 +139,38 @@ static void codebook_scores(int64_t R, int64_t D, int64_t T, const float *q, con
     }
 }
 
-/* Given one head's scores [R, T] (bias added), the online softmax's update of m, l and acc [R, D] for int4
- * values (scale and zero per token per group of vg channels): sum_t p_t (z + s c) = sum_t p_t z (per channel
- * group) + sum_t (p_t s) c, even and odd channels apart. */
-static void softmax_int4_values(int64_t R, int64_t D, int64_t T, int64_t vg, float *scores, const uint8_t *codes,
-                                const uint16_t *scales, const uint16_t *zeros, float *m, float *l, float *acc) {
-    const int64_t half = D / 2, vgroups = D / vg, group_half = vg / 2;
-    float acc_even[MAX_ROWS][MAX_HALF], acc_odd[MAX_ROWS][MAX_HALF], zero_sum[MAX_ROWS][MAX_GROUPS];
-    float even[MAX_HALF], odd[MAX_HALF];
+/* The online softmax's step for one head's scores [R, T] (bias added): new running max m, p = exp(s - max) in
+ * place of the scores, l updated; alpha[r] = exp(old max - new max) rescales what was summed before. */
+static void online_softmax(int64_t R, int64_t T, float *scores, float *m, float *l, float *alpha) {
     for (int64_t r = 0; r < R; r++) {
         float *s = scores + r * T;
         float top = -INFINITY;
         for (int64_t t = 0; t < T; t++) top = s[t] > top ? s[t] : top;
         float m_old = m[r], m_new = m_old > top ? m_old : top;
         float m_safe = isinf(m_new) ? 0.0f : m_new; /* a row with no visible key yet stays empty */
-        float alpha = exp_nonpositive(m_old - m_safe), sum = 0.0f;
+        float sum = 0.0f;
+        alpha[r] = exp_nonpositive(m_old - m_safe);
         for (int64_t t = 0; t < T; t++) {
             s[t] = exp_nonpositive(s[t] - m_safe);
             sum += s[t];
         }
         m[r] = m_new;
-        l[r] = l[r] * alpha + sum;
+        l[r] = l[r] * alpha[r] + sum;
+    }
+}
+
+/* acc [R, D] = alpha * acc + sum_t p[r, t] v_t for T int4 values (scale and zero per token per group of vg
+ * channels): sum_t p_t (z + s c) = sum_t p_t z (per channel group) + sum_t (p_t s) c, even and odd channels
+ * apart. */
+static void add_int4_values(int64_t R, int64_t D, int64_t T, int64_t vg, const float *weights, const uint8_t *codes,
+                            const uint16_t *scales, const uint16_t *zeros, const float *alpha, float *acc) {
+    const int64_t half = D / 2, vgroups = D / vg, group_half = vg / 2;
+    float acc_even[MAX_ROWS][MAX_HALF], acc_odd[MAX_ROWS][MAX_HALF], zero_sum[MAX_ROWS][MAX_GROUPS];
+    float even[MAX_HALF], odd[MAX_HALF];
+    for (int64_t r = 0; r < R; r++) {
         for (int64_t i = 0; i < half; i++) {
-            acc_even[r][i] = acc[r * D + 2 * i] * alpha;
-            acc_odd[r][i] = acc[r * D + 2 * i + 1] * alpha;
+            acc_even[r][i] = acc[r * D + 2 * i] * alpha[r];
+            acc_odd[r][i] = acc[r * D + 2 * i + 1] * alpha[r];
         }
         for (int64_t g = 0; g < vgroups; g++) zero_sum[r][g] = 0.0f;
     }
@@ -178,7 +186,7 @@ static void softmax_int4_values(int64_t R, int64_t D, int64_t T, int64_t vg, flo
                 zero[k] = half_to_float(zeros[(t + k) * vgroups + g]);
             }
             for (int64_t r = 0; r < R; r++) {
-                const float *p = scores + r * T + t;
+                const float *p = weights + r * T + t;
                 const float w0 = p[0] * scale[0], w1 = p[1] * scale[1], w2 = p[2] * scale[2], w3 = p[3] * scale[3];
                 zero_sum[r][g] += p[0] * zero[0] + p[1] * zero[1] + p[2] * zero[2] + p[3] * zero[3];
                 float *restrict ae = acc_even[r] + g * group_half, *restrict ao = acc_odd[r] + g * group_half;
@@ -195,7 +203,7 @@ static void softmax_int4_values(int64_t R, int64_t D, int64_t T, int64_t vg, flo
         for (int64_t g = 0; g < vgroups; g++) {
             const float scale = half_to_float(scales[t * vgroups + g]), zero = half_to_float(zeros[t * vgroups + g]);
             for (int64_t r = 0; r < R; r++) {
-                const float p = scores[r * T + t], w = p * scale;
+                const float p = weights[r * T + t], w = p * scale;
                 zero_sum[r][g] += p * zero;
                 float *restrict ae = acc_even[r] + g * group_half, *restrict ao = acc_odd[r] + g * group_half;
                 const float *ce = even + g * group_half, *co = odd + g * group_half;
@@ -238,9 +246,11 @@ int hh_int4_chunk(int64_t B, int64_t H, int64_t R, int64_t D, int64_t T, int64_t
                     ks + b * strides[2] + h * strides[3], kz + b * strides[4] + h * strides[5], scores);
         if (bias)
             for (int64_t i = 0; i < R * T; i++) scores[i] += bias[bh * R * T + i];
-        softmax_int4_values(R, D, T, vg, scores, vc + b * strides[6] + h * strides[7],
-                            vs + b * strides[8] + h * strides[9], vz + b * strides[10] + h * strides[11],
-                            m + bh * R, l + bh * R, acc + bh * R * D);
+        float alpha[MAX_ROWS];
+        online_softmax(R, T, scores, m + bh * R, l + bh * R, alpha);
+        add_int4_values(R, D, T, vg, scores, vc + b * strides[6] + h * strides[7],
+                        vs + b * strides[8] + h * strides[9], vz + b * strides[10] + h * strides[11], alpha,
+                        acc + bh * R * D);
     }
     free(scores);
     return 0;
@@ -259,10 +269,56 @@ int hh_codebook_int4_chunk(int64_t B, int64_t H, int64_t R, int64_t D, int64_t T
                         norms + b * strides[2] + h * strides[3], scores);
         if (bias)
             for (int64_t i = 0; i < R * T; i++) scores[i] += bias[bh * R * T + i];
-        softmax_int4_values(R, D, T, vg, scores, vc + b * strides[4] + h * strides[5],
-                            vs + b * strides[6] + h * strides[7], vz + b * strides[8] + h * strides[9],
-                            m + bh * R, l + bh * R, acc + bh * R * D);
+        float alpha[MAX_ROWS];
+        online_softmax(R, T, scores, m + bh * R, l + bh * R, alpha);
+        add_int4_values(R, D, T, vg, scores, vc + b * strides[4] + h * strides[5],
+                        vs + b * strides[6] + h * strides[7], vz + b * strides[8] + h * strides[9], alpha,
+                        acc + bh * R * D);
     }
     free(scores);
+    return 0;
+}
+
+/* The two halves alone, for sparse decoding's retrieval heads, which need every token's score (to rank tokens) as
+ * well as the dense output: scores [B, H, R, T] of int4 or tq4 keys, and out [B, H, R, D] = sum_t p[.., t] v_t of
+ * int4 values for given weights p [B, H, R, T]. Same layouts and strides as above (strides: the key tensors' or the
+ * value tensors' (b, h) pairs). */
+int hh_int4_scores(int64_t B, int64_t H, int64_t R, int64_t D, int64_t T, int64_t kg, const float *q,
+                   const uint8_t *kc, const uint16_t *ks, const uint16_t *kz, const int64_t *strides, float *out,
+                   int64_t first, int64_t last) {
+    if (bad_shape(R, D, T, kg, 2) || first < 0 || last > B * H) return -1;
+    for (int64_t bh = first; bh < last; bh++) {
+        const int64_t b = bh / H, h = bh % H;
+        int4_scores(R, D, T, kg, q + bh * R * D, kc + b * strides[0] + h * strides[1],
+                    ks + b * strides[2] + h * strides[3], kz + b * strides[4] + h * strides[5], out + bh * R * T);
+    }
+    return 0;
+}
+
+int hh_codebook_scores(int64_t B, int64_t H, int64_t R, int64_t D, int64_t T, const float *q, const uint8_t *kc,
+                       const float *codebook, const float *norms, const int64_t *strides, float *out, int64_t first,
+                       int64_t last) {
+    if (bad_shape(R, D, T, 1, 2) || first < 0 || last > B * H) return -1;
+    for (int64_t bh = first; bh < last; bh++) {
+        const int64_t b = bh / H, h = bh % H;
+        codebook_scores(R, D, T, q + bh * R * D, kc + b * strides[0] + h * strides[1], codebook,
+                        norms + b * strides[2] + h * strides[3], out + bh * R * T);
+    }
+    return 0;
+}
+
+int hh_int4_values(int64_t B, int64_t H, int64_t R, int64_t D, int64_t T, int64_t vg, const float *p,
+                   const uint8_t *vc, const uint16_t *vs, const uint16_t *vz, const int64_t *strides, float *out,
+                   int64_t first, int64_t last) {
+    if (bad_shape(R, D, T, 1, vg) || first < 0 || last > B * H) return -1;
+    const float zeros[MAX_ROWS] = {0};
+    for (int64_t bh = first; bh < last; bh++) {
+        const int64_t b = bh / H, h = bh % H;
+        /* alpha 0: out starts from nothing (0 * whatever it held; out is written, never read as a sum) */
+        float *o = out + bh * R * D;
+        for (int64_t i = 0; i < R * D; i++) o[i] = 0.0f;
+        add_int4_values(R, D, T, vg, p + bh * R * T, vc + b * strides[0] + h * strides[1],
+                        vs + b * strides[2] + h * strides[3], vz + b * strides[4] + h * strides[5], zeros, o);
+    }
     return 0;
 }
