@@ -4,8 +4,10 @@ A shape-true Qwen3-0.6B-like config (hidden 1024, 16 query / 8 KV heads, head_di
 151,936) with random weights, since speed does not depend on them; `--layers` keeps a few of its 28 layers
 so that long caches fit this machine. The cache is a preallocated `StaticCache` filled with random keys and
 values of the given length (no prefill needed; and unlike `DynamicCache`, appending a token does not copy
-the whole cache, which would hide the attention cost). Dense and sparse steps alternate on the same cache,
-so load from other processes hits both; the ratio is of their medians in this run.
+the whole cache, which would hide the attention cost). Three steps take turns on the same cache, so load from
+other processes hits them alike: dense with sdpa, dense with hydrahead's decode attention (`attention/gqa_decode.py`:
+the cache read once, no GQA copy; the strong dense baseline), and sparse; the ratios are of their medians in this
+run.
 
 Roles: layer 0 retrieval (as always), and `--share` of the other KV heads retrieval, drawn at random (the
 speed does not depend on which). Budget `--budget` tokens per sparse head, token selection, sink 4, recent 32.
@@ -20,13 +22,15 @@ import statistics
 import time
 
 import torch
-from transformers import Qwen3Config, Qwen3ForCausalLM, StaticCache
+from transformers import AttentionInterface, Qwen3Config, Qwen3ForCausalLM, StaticCache
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from bound import bound_line, read_bandwidth, save_run, weight_bytes
 
 from hydrahead.compat import cache_arg
 from hydrahead.decoding import random_roles, sparse_decoding
 from hydrahead.decoding.roles import retrieval_count
+from hydrahead.kv.attention import blockwise_attention_forward
 from hydrahead.plan import ModelShape
 
 
@@ -47,6 +51,16 @@ def longest_fitting(config, dtype, share_of_free_memory: float = 0.5) -> int:
     with open("/proc/meminfo") as f:
         available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
     return max(16384, int(available * share_of_free_memory / kv_bytes_per_token(config, dtype)) // 16384 * 16384)
+
+
+DENSE_DECODE = "hydrahead_dense_decode"
+
+
+def register_dense_decode() -> None:
+    """An attention implementation for the strong dense baseline: hydrahead's dense path (a decode step over key /
+    value tensors reads the cache once with `attention/gqa_decode.py`, no GQA copy), without the sparse roles."""
+    AttentionInterface.register(DENSE_DECODE, blockwise_attention_forward)
+    AttentionMaskInterface.register(DENSE_DECODE, sdpa_mask)
 
 
 def filled_cache(model, length: int, extra: int, dtype) -> StaticCache:
@@ -90,38 +104,46 @@ def main():
           f"the same rule gives {n_full} of 224 = {n_full / 224:.0%} on all 28 layers)")
     torch.manual_seed(0)
     model = Qwen3ForCausalLM(config).to(dtype).eval()
+    register_dense_decode()
     bandwidth = read_bandwidth()
     print(bound_line(bandwidth))
     weights = weight_bytes(model)
     results = {}
     for length in lengths:
-        cache = filled_cache(model, length, 2 * args.repeats + 2, dtype)
-        dense, sparse, pos = [], [], length
+        cache = filled_cache(model, length, 3 * (args.repeats + 1), dtype)
+        dense, decode, sparse, pos = [], [], [], length
         with torch.no_grad(), sparse_decoding(model, roles, budget=args.budget) as state:
             sparse_name = model.config._attn_implementation
-            for i in range(args.repeats + 1):  # the first pair warms up
-                model.config._attn_implementation = "sdpa"  # a dense step on the same cache, inside the block
+            for i in range(args.repeats + 1):  # the first round warms up
+                model.config._attn_implementation = "sdpa"  # dense steps on the same cache, inside the block
                 d = step(model, cache, pos)
+                model.config._attn_implementation = DENSE_DECODE
+                g = step(model, cache, pos + 1)
                 model.config._attn_implementation = sparse_name
                 read_before = state.stats.kv_bytes_read
-                s = step(model, cache, pos + 1)
-                pos += 2
+                s = step(model, cache, pos + 2)
+                pos += 3
                 if i:
                     dense.append(d)
+                    decode.append(g)
                     sparse.append(s)
         read = state.stats.kv_bytes_read - read_before
         dense_bytes = kv_bytes_per_token(config, dtype) * (pos - 1)
         results[length] = {"dense_ms": statistics.median(dense) * 1e3, "sparse_ms": statistics.median(sparse) * 1e3,
+                           "dense_decode_ms": statistics.median(decode) * 1e3,
                            "kv_bytes_dense": dense_bytes, "kv_bytes_sparse": read,
                            "dense_bound_ms": (weights + dense_bytes) / bandwidth * 1e3,
                            "sparse_bound_ms": (weights + read) / bandwidth * 1e3}
         print(f"  {length}: done", flush=True)
         del cache
-    print("| context | dense ms/step (/bound) | sparse ms/step (/bound) | speed-up | KV read/step dense | sparse | share |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("| context | dense sdpa ms/step (/bound) | dense, hydrahead decode attention | sparse ms/step (/bound) | "
+          "speed-up vs sdpa | vs decode attention | KV read/step dense | sparse | share |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n, r in results.items():
         print(f"| {n:,} | {r['dense_ms']:.1f} ({r['dense_ms'] / r['dense_bound_ms']:.1f}x) | "
+              f"{r['dense_decode_ms']:.1f} ({r['dense_decode_ms'] / r['dense_bound_ms']:.1f}x) | "
               f"{r['sparse_ms']:.1f} ({r['sparse_ms'] / r['sparse_bound_ms']:.1f}x) | {r['dense_ms'] / r['sparse_ms']:.2f}x | "
+              f"{r['dense_decode_ms'] / r['sparse_ms']:.2f}x | "
               f"{r['kv_bytes_dense'] / 2**20:,.0f} MiB | {r['kv_bytes_sparse'] / 2**20:,.0f} MiB | "
               f"{r['kv_bytes_sparse'] / r['kv_bytes_dense']:.1%} |")
     print("/bound = time over the weights plus the KV the step reads, at the read bandwidth measured above")
