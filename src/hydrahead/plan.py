@@ -98,7 +98,7 @@ class HeadPlan:
     """Per layer, the sorted query-head indices that run FA; every other head runs GDN. Optionally, per
     layer and KV head: the decode role of sparse decoding ("retrieval" or "sparse"; layer 0 retrieval) and
     the storage of keys and values (`kv_formats`, with `kv_sizes`); and the sparse decoding settings
-    (`decode`: budget, mode, sink, recent, block_size, dense_every, score)."""
+    (`decode`: budget, mode, sink, recent, block_size, dense_every, dense_share, score)."""
 
     shape: ModelShape
     fa_heads: list[list[int]]

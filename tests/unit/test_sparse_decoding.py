@@ -137,12 +137,22 @@ def test_budget_larger_than_context_falls_back_to_dense():
         assert torch.equal(tokens, got_tokens)
         torch.testing.assert_close(got_logits, logits, atol=1e-5, rtol=1e-5)
         assert state.stats.read_fraction == 1.0
-    # a budget that the context outgrows: dense while it covers the context, sparse after
-    with sparse_decoding(model, ROLES, budget=44, sink=2, recent=4) as state:
+    # a budget that the context outgrows: dense while it covers the context, sparse after (dense_share 1.0)
+    with sparse_decoding(model, ROLES, budget=44, sink=2, recent=4, dense_share=1.0) as state:
         _, got_logits = generate(model, ids, mask, new=8)
     torch.testing.assert_close(got_logits[:, :4], logits[:, :4], atol=1e-5, rtol=1e-5)  # contexts 41..44: dense
     assert (got_logits[:, 4:] - logits[:, 4:]).abs().max() > 1e-3
     assert state.stats.read_fraction < 1.0
+    # by default a budget of half the context or more runs dense: 44 of 41..48 keys, 22 of them sparse
+    with sparse_decoding(model, ROLES, budget=44, sink=2, recent=4) as state:
+        _, got_logits = generate(model, ids, mask, new=8)
+    torch.testing.assert_close(got_logits, logits, atol=1e-5, rtol=1e-5)
+    assert state.stats.read_fraction == 1.0
+    with sparse_decoding(model, ROLES, budget=22, sink=2, recent=4) as state:
+        generate(model, ids, mask, new=8)
+    assert state.stats.read_fraction < 1.0
+    with pytest.raises(DecodingError, match="dense_share"):
+        SparseConfig(dense_share=0)
 
 
 def test_sparse_heads_reuse_the_nearest_lower_retrieval_head_with_the_same_kv_index():
@@ -159,7 +169,9 @@ def test_left_padded_batch_matches_each_row_alone():
     """Padding is never selected and never counted as a sink: a row decodes as it would alone."""
     model = tiny()
     ids, mask = batch((41, 30))
-    with sparse_decoding(model, ROLES, budget=16, sink=2, recent=4) as state:
+    # dense_share 1.0: the sparse path at any budget below the context (by default the short row alone, 16 of
+    # 30-34 keys, would run dense while the batch, 41 keys with its padding, runs sparse)
+    with sparse_decoding(model, ROLES, budget=16, sink=2, recent=4, dense_share=1.0) as state:
         tokens, logits = generate(model, ids, mask)
         for kv, (index, keep, _) in state.selected.items():
             picked = index[1][keep[1]]
@@ -173,7 +185,7 @@ def test_left_padded_batch_matches_each_row_alone():
 def test_block_mode_dense_correction_and_reading_less():
     model = tiny()
     ids, mask = batch((200, 150))
-    with sparse_decoding(model, ROLES, budget=130, mode="block", recent=8) as state:
+    with sparse_decoding(model, ROLES, budget=130, mode="block", recent=8, dense_share=1.0) as state:
         generate(model, ids, mask, new=5)
     assert 0.5 < state.stats.read_fraction < 1.0
     with sparse_decoding(model, ROLES, budget=16, recent=4, dense_every=2) as state:

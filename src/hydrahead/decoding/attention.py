@@ -50,7 +50,7 @@ def hydrahead_attention_forward(module, query, key, value, attention_mask, scali
     config = slot.state.config
     n = key.num_tokens if is_view(key) else key.shape[2]
     k = config.tokens(n)
-    if config.fallback and k >= n:
+    if config.fallback and k >= config.dense_share * n:  # sparse would read too much of the context to pay
         return _dense(module, query, key, value, attention_mask, scaling, dropout, slot, kwargs)
     source = ViewKV(key) if is_view(key) else TensorKV(key, value)
     return decode_step(slot, query, source, key_validity(attention_mask, n), scaling or query.shape[-1] ** -0.5,

@@ -14,7 +14,7 @@ from .config import DecodingError, SparseConfig
 
 ROLE_METHODS = ("hardkuma", "l1", "scores", "random", "uniform")
 SPARSE_FLAGS = (("budget", "budget"), ("selection", "mode"), ("selection_score", "score"), ("sink", "sink"),
-                ("recent", "recent"), ("dense_every", "dense_every"))  # flag -> SparseConfig field
+                ("recent", "recent"), ("dense_every", "dense_every"), ("dense_share", "dense_share"))  # flag -> field
 
 
 def add_sparse_args(parser) -> None:
@@ -36,6 +36,9 @@ def add_sparse_args(parser) -> None:
     group.add_argument(*flag("sink"), type=int, help="first tokens every selection keeps (default: 4)")
     group.add_argument(*flag("recent"), type=int, help="last tokens every selection keeps (default: 32)")
     group.add_argument(*flag("dense_every"), type=int, help="a dense correction step every N tokens (default: never)")
+    group.add_argument(*flag("dense_share"), type=float,
+                       help="a step runs dense when the budget is at least this share of the context, where selecting "
+                            "costs more than it saves; 1.0: sparse up to a budget covering every key (default: 0.5)")
 
 
 def _plan_json(path) -> dict:

@@ -48,7 +48,12 @@ class SparseConfig:
     It includes the `sink` first and `recent` last tokens, which every selection keeps.
     mode: "token" (top-k tokens) or "block" (top blocks of `block_size` tokens, cheaper to gather on GPUs).
     dense_every: every N-th decode step runs dense in every head (a cache correction), None for never.
-    fallback: attend densely when the budget covers the whole context (off only to test the sparse path).
+    fallback: attend densely when the budget covers `dense_share` of the context or more (off only to test the
+    sparse path).
+    dense_share: the share of the context from which a budget runs dense (default 0.5): selecting and gathering
+    costs more than reading the rest saves once a sparse head would read half the keys (on the Qwen3-0.6B shape,
+    8K tokens, budget 4,096: 0.87x the dense step; benchmarks/README.md, sparse_decode.py). 1.0 runs sparse up to a
+    budget that covers every key.
     score: how retrieval heads rank tokens, "attention" (softmax mass summed over the GQA group) or "authors"
     (the group's mean query . each key, no 1/sqrt(d), no softmax, the current token included).
     """
@@ -60,6 +65,7 @@ class SparseConfig:
     recent: int = 32
     dense_every: int | None = None
     fallback: bool = True
+    dense_share: float = 0.5
     score: str = "attention"
 
     def __post_init__(self):
@@ -70,6 +76,8 @@ class SparseConfig:
             raise DecodingError(f"selection score must be one of {SCORES}, not {self.score!r}")
         if self.block_size < 1 or self.sink < 0 or self.recent < 0:
             raise DecodingError(f"block_size must be >= 1 and sink, recent >= 0 (got {self.block_size}, {self.sink}, {self.recent})")
+        if not 0 < self.dense_share <= 1:
+            raise DecodingError(f"dense_share must be in (0, 1], got {self.dense_share}")
         if self.dense_every is not None and self.dense_every < 1:
             raise DecodingError(f"dense_every must be a positive number of steps, got {self.dense_every}")
         if isinstance(self.budget, int) and self.budget < self.sink + self.recent:

@@ -48,7 +48,8 @@ def decode_setup(config, plan: HeadPlan | str | os.PathLike | None = None, *, ro
                  kv_format: str | None = None, kv_window: int | None = None, kv_sink: int | None = None,
                  kv_block: int | None = None, budget: int | float | str | None = None, mode: str | None = None,
                  block_size: int | None = None, sink: int | None = None, recent: int | None = None,
-                 dense_every: int | None = None, score: str | None = None) -> DecodeSetup:
+                 dense_every: int | None = None, dense_share: float | None = None, score: str | None = None
+                 ) -> DecodeSetup:
     """The plan and sparse settings a model of `config` decodes with: `plan` (default: a hybrid's own), then the
     overrides. A plan given for a hybrid may change roles, formats and decode settings, not its FA heads."""
     from ..configuration import hybrid_spec, is_hybrid
@@ -74,7 +75,8 @@ def decode_setup(config, plan: HeadPlan | str | os.PathLike | None = None, *, ro
     if roles is not None:
         base = (base if base is not None else HeadPlan.full_attention(config)).with_roles(resolve_roles(roles, config))
     settings = {k: v for k, v in (("budget", budget), ("mode", mode), ("block_size", block_size), ("sink", sink),
-                                  ("recent", recent), ("dense_every", dense_every), ("score", score)) if v is not None}
+                                  ("recent", recent), ("dense_every", dense_every), ("dense_share", dense_share),
+                                  ("score", score)) if v is not None}
     on = sparse if sparse is not None else base is not None and base.decode is not None
     if not on:
         if settings and sparse is None:
@@ -132,10 +134,10 @@ def plan_decoding(model, plan: HeadPlan | str | os.PathLike | None = None, *, ro
                   kv_format: str | None = None, kv_window: int | None = None, kv_sink: int | None = None,
                   kv_block: int | None = None, budget: int | float | str | None = None, mode: str | None = None,
                   block_size: int | None = None, sink: int | None = None, recent: int | None = None,
-                  dense_every: int | None = None, score: str | None = None):
+                  dense_every: int | None = None, dense_share: float | None = None, score: str | None = None):
     """Decode `model` with `plan`'s KV formats, decode roles and settings inside the block (`decode_setup`)."""
     setup = decode_setup(model.config, plan, roles=roles, sparse=sparse, kv_format=kv_format, kv_window=kv_window,
                          kv_sink=kv_sink, kv_block=kv_block, budget=budget, mode=mode, block_size=block_size, sink=sink,
-                         recent=recent, dense_every=dense_every, score=score)
+                         recent=recent, dense_every=dense_every, dense_share=dense_share, score=score)
     with run_setup(model, setup) as run:
         yield run

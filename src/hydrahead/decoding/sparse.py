@@ -56,7 +56,7 @@ def sparse_decoding(model, roles=None, budget: float | str = 4096, config: Spars
 
     roles: a `HeadPlan` with decode roles, a plan file, a [layers][KV heads] list of "retrieval" / "sparse", or
     None for the roles of the model's own plan (a hybrid's; any other model is refused, naming `hydrahead
-    roles`). budget and the keyword `options` (mode, sink, recent, block_size, dense_every, fallback, score)
+    roles`). budget and the keyword `options` (mode, sink, recent, block_size, dense_every, fallback, dense_share, score)
     make the `SparseConfig` unless `config` is given. Keys and values may come from a quantized cache.
     """
     config = config or SparseConfig(budget=budget, **options)
