@@ -221,6 +221,18 @@ static void add_int4_values(int64_t R, int64_t D, int64_t T, int64_t vg, const f
         }
 }
 
+/* One head's scores [R, T] -> the chunk's attention step: bias added (or NULL), the online softmax's update of m
+ * and l, and acc rescaled and added p.v of the int4 values. */
+static void attend_int4_values(int64_t R, int64_t D, int64_t T, int64_t vg, float *scores, const float *bias,
+                               const uint8_t *codes, const uint16_t *scales, const uint16_t *zeros, float *m, float *l,
+                               float *acc) {
+    if (bias)
+        for (int64_t i = 0; i < R * T; i++) scores[i] += bias[i];
+    float alpha[MAX_ROWS];
+    online_softmax(R, T, scores, m, l, alpha);
+    add_int4_values(R, D, T, vg, scores, codes, scales, zeros, alpha, acc);
+}
+
 static int bad_shape(int64_t R, int64_t D, int64_t T, int64_t kg, int64_t vg) {
     return R < 1 || R > MAX_ROWS || D < 2 || D % 2 || D / 2 > MAX_HALF || kg < 1 || T % kg || vg < 2 || vg % 2 ||
            D % vg || D / vg > MAX_GROUPS;
@@ -244,13 +256,9 @@ int hh_int4_chunk(int64_t B, int64_t H, int64_t R, int64_t D, int64_t T, int64_t
         const int64_t b = bh / H, h = bh % H;
         int4_scores(R, D, T, kg, q + bh * R * D, kc + b * strides[0] + h * strides[1],
                     ks + b * strides[2] + h * strides[3], kz + b * strides[4] + h * strides[5], scores);
-        if (bias)
-            for (int64_t i = 0; i < R * T; i++) scores[i] += bias[bh * R * T + i];
-        float alpha[MAX_ROWS];
-        online_softmax(R, T, scores, m + bh * R, l + bh * R, alpha);
-        add_int4_values(R, D, T, vg, scores, vc + b * strides[6] + h * strides[7],
-                        vs + b * strides[8] + h * strides[9], vz + b * strides[10] + h * strides[11], alpha,
-                        acc + bh * R * D);
+        attend_int4_values(R, D, T, vg, scores, bias ? bias + bh * R * T : NULL, vc + b * strides[6] + h * strides[7],
+                           vs + b * strides[8] + h * strides[9], vz + b * strides[10] + h * strides[11], m + bh * R,
+                           l + bh * R, acc + bh * R * D);
     }
     free(scores);
     return 0;
@@ -267,13 +275,9 @@ int hh_codebook_int4_chunk(int64_t B, int64_t H, int64_t R, int64_t D, int64_t T
         const int64_t b = bh / H, h = bh % H;
         codebook_scores(R, D, T, q + bh * R * D, kc + b * strides[0] + h * strides[1], codebook,
                         norms + b * strides[2] + h * strides[3], scores);
-        if (bias)
-            for (int64_t i = 0; i < R * T; i++) scores[i] += bias[bh * R * T + i];
-        float alpha[MAX_ROWS];
-        online_softmax(R, T, scores, m + bh * R, l + bh * R, alpha);
-        add_int4_values(R, D, T, vg, scores, vc + b * strides[4] + h * strides[5],
-                        vs + b * strides[6] + h * strides[7], vz + b * strides[8] + h * strides[9], alpha,
-                        acc + bh * R * D);
+        attend_int4_values(R, D, T, vg, scores, bias ? bias + bh * R * T : NULL, vc + b * strides[4] + h * strides[5],
+                           vs + b * strides[6] + h * strides[7], vz + b * strides[8] + h * strides[9], m + bh * R,
+                           l + bh * R, acc + bh * R * D);
     }
     free(scores);
     return 0;
@@ -314,8 +318,7 @@ int hh_int4_values(int64_t B, int64_t H, int64_t R, int64_t D, int64_t T, int64_
     const float zeros[MAX_ROWS] = {0};
     for (int64_t bh = first; bh < last; bh++) {
         const int64_t b = bh / H, h = bh % H;
-        /* alpha 0: out starts from nothing (0 * whatever it held; out is written, never read as a sum) */
-        float *o = out + bh * R * D;
+        float *o = out + bh * R * D; /* written from zero: alpha 0 leaves nothing of what it held */
         for (int64_t i = 0; i < R * D; i++) o[i] = 0.0f;
         add_int4_values(R, D, T, vg, p + bh * R * T, vc + b * strides[0] + h * strides[1],
                         vs + b * strides[2] + h * strides[3], vz + b * strides[4] + h * strides[5], zeros, o);
