@@ -1,13 +1,15 @@
-/* One chunk of decode attention over int4 keys (scale and zero per channel per group of `kg` tokens) and int4
- * values (scale and zero per token per group of `vg` channels), read packed: two codes per byte, channel 2i in the
- * low nibble and 2i+1 in the high one. Updates the online softmax's running max m, sum l and output acc in place.
+/* One chunk of decode attention over int4 values (scale and zero per token per group of `vg` channels) and int4
+ * keys (scale and zero per channel per group of `kg` tokens) or tq4 keys (a 16-entry codebook per channel, times
+ * the token's norm, scored against the rotated query), read packed: two codes per byte, channel 2i in the low
+ * nibble and 2i+1 in the high one. Updates the online softmax's running max m, sum l and output acc in place.
+ * The scoring and value halves are also exported alone (hh_int4_scores, hh_codebook_scores, hh_int4_values).
  *
  * Why it is fast without dequantizing: a key is z + s * c per channel, so q.k = q.z + (q * s).c. Per group of
  * kg tokens the query rows are multiplied by the group's scales once (qs) and dotted with its zeros once (qz);
  * each token then costs one pass over its codes, turned to floats once and shared by the R query rows. Values
  * are the same with the roles swapped: sum_t p_t (z + s c) = sum_t p_t z (one number per channel group) +
- * sum_t (p_t s) c. Even and odd channels are kept apart (the nibble order), so every inner loop is contiguous
- * and the compiler vectorizes it.
+ * sum_t (p_t s) c, four tokens at a time. Even and odd channels are kept apart (the nibble order), so every
+ * inner loop is contiguous and the compiler vectorizes it.
  *
  * The math is the reference's (hydrahead.kv.attention.online_softmax_attention) in another order: same result
  * up to float rounding, which tests/unit/test_kv_native.py checks. No -ffast-math: -inf (masked and empty
