@@ -7,7 +7,8 @@ cache is filled with random keys and values as a prefill would leave it, then si
 processes hits each alike). Caches:
 
 - the model dtype ("bf16" in the table when --dtype bfloat16): keys and values appended in place into a
-  preallocated buffer (hydrahead.cache.KVLayer), read by hydrahead's decode attention (attention/gqa_decode.py): no copy of the cache per step;
+  preallocated buffer (hydrahead.cache.KVLayer), read by hydrahead's decode attention
+  (attention/gqa_decode.py): no copy of the cache per step;
 - each `--specs` entry (e.g. int4 = int4-channel keys, int4-token values; tq4:int4): a QuantizedKVCache (sink 4,
   window 128, blocks of 64) read by hydrahead's attention: by default int4 through the native kernel
   (hydrahead.kv.native) and other formats through the inductor-compiled fused function; `--path compiled` times

@@ -6,8 +6,8 @@ cache in memory.
 `fast_chunk` picks the path for a chunk: the native kernel (`hydrahead.kv.native`, on by default) where it takes
 the formats, else this compiled function where asked for, else the reference.
 
-The compiled function is a fast path beside the reference (`online_softmax_attention`'s plain-PyTorch loop, which scores with
-matmuls); tests hold the two to each other. It is off unless asked for, because compiling costs 5-30 s the
+The compiled function is a fast path beside the reference (`online_softmax_attention`'s plain-PyTorch loop,
+which scores with matmuls); tests hold the two to each other. It is off unless asked for, because compiling costs 5-30 s the
 first time a pair of formats is read (and needs a C++ compiler): set HYDRAHEAD_COMPILE=1 in the environment, or
 pass `fast=True` to `online_softmax_attention`. If compilation is impossible or fails, the failure is logged
 once and the reference path serves every later call for that pair of formats.
@@ -74,8 +74,9 @@ def fast_chunk(q: torch.Tensor, keys: QTensor, values: QTensor, bias: torch.Tens
                l: torch.Tensor, acc: torch.Tensor, key_format: KVFormat, value_format: KVFormat, fast: bool | None):
     """One chunk of a decode step on the fastest path that takes it, or None (the caller runs the reference).
 
-    The native kernel (`hydrahead.kv.native`: int4 values with int4 or tq4 keys, built on first use) unless fast=False or
-    HYDRAHEAD_NATIVE=0; then, when `enabled(fast)`, the inductor-compiled `chunk_step` for any pair of formats."""
+    The native kernel (`hydrahead.kv.native`: int4 values with int4 or tq4 keys, built on first use) unless
+    fast=False or HYDRAHEAD_NATIVE=0; then, when `enabled(fast)`, the inductor-compiled `chunk_step` for any pair of
+    formats."""
     if fast is not False and native.takes(key_format, value_format, q.shape[2], q.device):
         step = native.chunk(q, keys, values, bias, m, l, acc, key_format, value_format)
         if step is not None:

@@ -144,7 +144,8 @@ def _over_threads(run, heads: int, tokens: int) -> list[int]:
         codes = [run(0, heads)]
     else:
         if _pool is None or _pool_size < parts:
-            _pool, _pool_size = concurrent.futures.ThreadPoolExecutor(parts, thread_name_prefix="hydrahead-native"), parts
+            _pool = concurrent.futures.ThreadPoolExecutor(parts, thread_name_prefix="hydrahead-native")
+            _pool_size = parts
         bounds = [heads * i // parts for i in range(parts + 1)]
         codes = list(_pool.map(run, bounds[:-1], bounds[1:]))
     if any(codes):
