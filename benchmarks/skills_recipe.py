@@ -82,6 +82,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=20, help="samples per task and length")
     ap.add_argument("--only", help="comma-separated variant names (exact); 'original' evaluates the teacher")
     ap.add_argument("--render", action="store_true", help="train nothing: tabulate the rows measured so far")
+    ap.add_argument("--compare", metavar="A,B", help="train nothing: A against B per task and length, paired over "
+                                                       "the same samples and pooled over the seeds both have")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,6 +91,9 @@ def main() -> None:
     native = int(teacher.config.max_position_embeddings)
     if args.render:
         print(render(out))
+        return
+    if args.compare:
+        print(compare(out, *[name.strip() for name in args.compare.split(",")], budget=args.budget))
         return
     cfg = PipelineConfig(teacher=args.teacher, out=str(out), seed=args.seed)
     scores_path = out / "scores.json"  # the pipeline's full scoring (3 behaviours, 8 pairs)
@@ -136,13 +141,39 @@ def render_row(row: dict, native: int) -> str:
     return "; ".join(parts)
 
 
+COLUMNS = [("niah_single_1", "512"), ("niah_multikey_1", "512"), ("niah_multivalue", "512"), ("vt", "512"),
+           ("cwe", "512"), ("niah_single_1", "8192"), ("niah_multikey_1", "8192"), ("niah_multivalue", "8192"),
+           ("vt", "8192")]
+
+
+def compare(out: Path, a: str, b: str, budget: str) -> str:
+    """A - B per column and over the columns at each length: the paired bootstrap of per-sample differences
+    (`hydrahead.intervals`), each seed's cell paired with the other variant's cell of the same seed."""
+    from hydrahead.intervals import paired_comparison
+
+    rows = [json.loads(p.read_text()) for p in out.glob("*/row.json")]
+    seeds = {name: {r["seed"]: cells(r["records"]) for r in rows if r["variant"] == name and r["budget"] == budget}
+             for name in (a, b)}
+    common = sorted(set(seeds[a]) & set(seeds[b]))
+    if not common:
+        raise SystemExit(f"no seed has both {a!r} and {b!r} at budget {budget!r} in {out}")
+    lines = [f"{a} - {b}, budget {budget}, seeds {common} (paired bootstrap over samples, 95%; 'beats' rule)",
+             "| columns | " + a + " | " + b + " | difference [95%] | A beats B |", "|---|---:|---:|---:|---|"]
+    groups = [[c] for c in COLUMNS] + [[c for c in COLUMNS if c[1] == n] for n in ("512", "8192")]
+    for group in groups:
+        cells_a = [[100 * v for v in seeds[a][s][t][n]] for t, n in group for s in common]  # points, 0-100
+        cells_b = [[100 * v for v in seeds[b][s][t][n]] for t, n in group for s in common]
+        c = paired_comparison(cells_a, cells_b, "beats")
+        name = f"{group[0][0]} @{group[0][1]}" if len(group) == 1 else f"mean of {len(group)} tasks @{group[0][1]}"
+        lines.append(f"| {name} | {c.a:.1f} | {c.b:.1f} | {c.diff:+.1f} [{c.lo:+.1f}, {c.hi:+.1f}] | {c.verdict} |")
+    return "\n".join(lines)
+
+
 def render(out: Path) -> str:
     rows = [json.loads(p.read_text()) for p in out.glob("*/row.json")]
     order = {"original": 0, **{name: i + 1 for i, name in enumerate(VARIANTS)}}
     rows.sort(key=lambda r: (r["variant"] != "original", list(BUDGETS).index(r["budget"]), order[r["variant"]], r["seed"]))
-    columns = [("niah_single_1", "512"), ("niah_multikey_1", "512"), ("niah_multivalue", "512"), ("vt", "512"),
-               ("cwe", "512"), ("niah_single_1", "8192"), ("niah_multikey_1", "8192"), ("niah_multivalue", "8192"),
-               ("vt", "8192")]
+    columns = COLUMNS
     head = "| variant | budget | seed | " + " | ".join(f"{t} @{n}" for t, n in columns) + " | train min (load) |"
     lines = [head, "|---|---|---:|" + "---:|" * (len(columns) + 1)]
     for row in rows:
