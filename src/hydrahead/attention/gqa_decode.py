@@ -60,11 +60,20 @@ def gqa_decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
         scores = scores + bias
     probs = torch.softmax(scores, dim=-1).view(B, Hk, G * Q, T)
     probs = torch.nan_to_num(probs, nan=0.0)  # a row with every key masked: zeros, as sdpa gives for padding
-    out = query.new_zeros(B, Hk, G * Q, D, dtype=torch.float32)
-    for start in range(0, T, CHUNK):
-        part = value[:, :, start:start + CHUNK]
-        out += probs[..., start:start + part.shape[2]] @ part.float()
+    out = weighted_values(probs, value)
     return out.view(B, Hk, G, Q, D).reshape(B, Hq, Q, D).transpose(1, 2).to(query.dtype)
+
+
+def weighted_values(probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """probs [..., R, T] (float32, a transposed view is fine) @ value [..., T, D] -> float32 [..., R, D], summed
+    CHUNK tokens at a time: one product over a long T streams the values slower on this CPU (sparse decoding's
+    retrieval heads at 128K, benchmarks/sparse_decode.py), and a bf16 cache is widened one chunk at a time."""
+    out = probs.new_zeros(*probs.shape[:-1], value.shape[-1], dtype=torch.float32)
+    T = value.shape[-2]
+    for start in range(0, T, CHUNK):
+        part = value[..., start:start + CHUNK, :]
+        out += probs[..., start:start + part.shape[-2]] @ part.float()
+    return out
 
 
 def mask_bias(mask, start: int, t: int, T: int, Q: int, B: int, H: int, G: int, device) -> torch.Tensor | None:

@@ -17,6 +17,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from ..attention import gqa_decode
 from ..kv.attention import ATTENTION_NAME, blockwise_attention_forward, is_view
 from ..kv.read import attend_with_scores, gather_rows
 from .select import select_tokens
@@ -160,7 +161,7 @@ def dense_attend(q, key, value, valid, scaling: float) -> tuple[torch.Tensor, to
     if valid is not None:
         scores = scores.masked_fill(~valid[:, None, :, None], float("-inf"))
     probs = torch.softmax(scores.float(), dim=-2)
-    return torch.matmul(probs.transpose(-1, -2).to(value.dtype), value), scores, probs
+    return gqa_decode.weighted_values(probs.transpose(-1, -2), value).to(value.dtype), scores, probs
 
 
 def gathered_attend(q, key, value, heads: torch.Tensor, index, keep, scaling: float, scratch=None) -> torch.Tensor:
