@@ -32,15 +32,14 @@ def stage_summary(run: Path, stage: str) -> dict:
     return json.loads((run / stage / "summary.json").read_text())
 
 
-def converted(run: Path, teacher_path: str):
-    """The hybrid before training, as the align stage builds it (its plan and options)."""
+def converted(run: Path, teacher):
+    """The hybrid before training, as the align stage builds it (its plan and options); `teacher` stays untouched."""
     config = stage_summary(run, "align")["config"]
-    teacher, _ = load_causal_lm(teacher_path)
     options = {"logscale_length": int(teacher.config.max_position_embeddings), **config["options"]}
     return convert(teacher, HeadPlan.load(config["plan"]), HybridOptions(**options))
 
 
-def curve(run: Path, teacher_path: str, tokenizer, native: int) -> list[dict]:
+def curve(run: Path, teacher, tokenizer, native: int) -> list[dict]:
     """[{steps, stage, records}] from step 0 to the end of the long stage; measured points are kept on disk."""
     path = run / "curve.json"
     points = json.loads(path.read_text()) if path.exists() else []
@@ -58,7 +57,7 @@ def curve(run: Path, teacher_path: str, tokenizer, native: int) -> list[dict]:
         if stage == "long":
             records = row["records"]
         else:
-            model = converted(run, teacher_path) if stage == "converted" else load_model(run / stage / "model")
+            model = converted(run, teacher) if stage == "converted" else load_model(run / stage / "model")
             records = measure(model, tokenizer, native, limit)
         points.append({"stage": stage, "steps": at, "records": records})
         write_json_atomic(path, points)
@@ -119,8 +118,7 @@ def main() -> None:
         raise SystemExit(f"no finished skills_recipe run in {', '.join(missing)} (row.json missing)")
     teacher, tokenizer = load_causal_lm(args.teacher)
     native = int(teacher.config.max_position_embeddings)
-    del teacher
-    curves = {run.name: curve(run, args.teacher, tokenizer, native) for run in runs}
+    curves = {run.name: curve(run, teacher, tokenizer, native) for run in runs}
     print(f"| run | stage | steps | mean of 5 tasks @{native} | niah_single_1 @{16 * native} |")
     print("|---|---|---:|---:|---:|")
     for name, points in curves.items():

@@ -161,7 +161,7 @@ def test_without_a_compiler_the_reference_serves_and_says_why(monkeypatch, tmp_p
     assert len([r for r in caplog.records if r.name == native.__name__]) == 1  # said once
 
 
-def test_a_build_lands_under_its_final_name_only_when_complete(monkeypatch, tmp_path):
+def test_a_build_leaves_one_library_and_no_temporary_file(monkeypatch, tmp_path):
     if native._compiler() is None:
         pytest.skip("no C compiler here")
     monkeypatch.setenv("HYDRAHEAD_CACHE_DIR", str(tmp_path))

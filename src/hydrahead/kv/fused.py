@@ -25,11 +25,12 @@ import types
 
 import torch
 
+from ..attention import gqa_decode
 from . import native
 from .base import KVFormat, QTensor
 
 ENV = "HYDRAHEAD_COMPILE"
-MAX_ROWS = 8  # query rows per KV head up to which the fused elementwise form is used
+MAX_ROWS = gqa_decode.MAX_ROWS  # query rows per KV head up to which a step is a decode step (fused form used)
 
 log = logging.getLogger(__name__)
 _compiled: dict[tuple[str, str, bool], object] = {}  # (key format, value format, has bias) -> compiled or None

@@ -129,13 +129,17 @@ def takes_values(value_format: KVFormat) -> bool:
             and value_format.head_dim <= 2 * 128)
 
 
+def _ready(rows: int, device: torch.device) -> bool:
+    """Whether the kernel may run a call of `rows` query rows per KV head on `device` (and could be built)."""
+    return enabled() and device.type == "cpu" and rows <= MAX_ROWS and available()[0]
+
+
 def takes(key_format: KVFormat, value_format: KVFormat, rows: int, device: torch.device) -> bool:
     """Whether `chunk` serves this pair of formats and query rows per KV head (and the kernel could be built)."""
-    return (enabled() and device.type == "cpu" and rows <= MAX_ROWS and takes_keys(key_format)
-            and takes_values(value_format) and available()[0])
+    return takes_keys(key_format) and takes_values(value_format) and _ready(rows, device)
 
 
-def _over_threads(run, heads: int, tokens: int) -> list[int]:
+def _over_threads(run, heads: int, tokens: int) -> None:
     """run(first, last) over the heads [0, heads), split over torch's thread count (ctypes releases the GIL while
     the kernel runs); a small call runs on the calling thread, where a thread hand-off would cost more."""
     global _pool, _pool_size
@@ -150,7 +154,6 @@ def _over_threads(run, heads: int, tokens: int) -> list[int]:
         codes = list(_pool.map(run, bounds[:-1], bounds[1:]))
     if any(codes):
         raise RuntimeError(f"the native kernel refused its arguments (codes {codes}) after its checks accepted them")
-    return codes
 
 
 def _inner_contiguous(t: torch.Tensor) -> bool:
@@ -223,7 +226,7 @@ def scores(q: torch.Tensor, keys: QTensor, key_format: KVFormat) -> torch.Tensor
     """q [B, H, R, D] (scaled) . packed keys [B, H, t, D] -> float32 [B, H, R, t], or None where the kernel does not
     take them (the caller then scores with the format)."""
     B, H, R, D = q.shape
-    if not (enabled() and q.device.type == "cpu" and R <= MAX_ROWS and takes_keys(key_format) and available()[0]):
+    if not (takes_keys(key_format) and _ready(R, q.device)):
         return None
     layout = _stored(keys, key_format, None)
     if layout is None:
@@ -247,7 +250,7 @@ def weighted_values(p: torch.Tensor, values: QTensor, value_format: KVFormat) ->
     """p [B, H, R, t] @ packed values [B, H, t, D] -> float32 [B, H, R, D], or None where the kernel does not take
     them (the caller then decodes the values)."""
     B, H, R, t = p.shape
-    if not (enabled() and p.device.type == "cpu" and R <= MAX_ROWS and takes_values(value_format) and available()[0]):
+    if not (takes_values(value_format) and _ready(R, p.device)):
         return None
     layout = _stored(None, None, values)
     if layout is None:
