@@ -35,6 +35,7 @@ from transformers.generation.streamers import BaseStreamer
 from bound import bound_line, read_bandwidth, weight_bytes
 
 from hydrahead.compat import cache_arg
+from hydrahead.decode_linear import use_decode_linear
 from hydrahead.kv import (
     KVCacheError,
     QuantizedKVCache,
@@ -185,6 +186,7 @@ def main():
     torch.manual_seed(args.seed)
     model = Qwen3ForCausalLM(qwen3_06b_like(args.layers, args.vocab)).to(torch.bfloat16).eval()
     use_blockwise_attention(model)
+    use_decode_linear(model)
     g = torch.Generator().manual_seed(args.seed)
     prefixes = [torch.randint(1, args.vocab, (1, args.prefix), generator=g) for _ in range(args.sessions)]
     turns = [[torch.randint(1, args.vocab, (1, args.turn), generator=g) for _ in range(args.sessions)]

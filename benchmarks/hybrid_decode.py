@@ -24,6 +24,7 @@ from hydrahead.attention import HybridOptions
 from hydrahead.compat import cache_arg
 from hydrahead.cache import HydraCache, KVCache, cache_nbytes
 from hydrahead.convert import convert
+from hydrahead.decode_linear import use_decode_linear
 from hydrahead.kv import use_blockwise_attention
 from hydrahead.plan import HeadPlan
 
@@ -54,6 +55,7 @@ def build(config, plan, dtype, transformers_as_shipped: bool = False):
     model = Qwen3ForCausalLM(copy.deepcopy(config)).to(dtype).eval()
     if plan is None and not transformers_as_shipped:
         use_blockwise_attention(model)  # hydrahead's attention: a decode step reads the cache once, no GQA copy
+        use_decode_linear(model)  # and its products (a hybrid's are already)
     if plan is not None:
         model = convert(model, plan, HybridOptions(logscale_length=config.max_position_embeddings), inplace=True)
     return model.eval()

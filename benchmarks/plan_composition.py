@@ -315,6 +315,7 @@ def speed(args):
     from hydrahead.attention import HybridOptions
     from hydrahead.convert import convert
     from hydrahead.decoding import plan_decoding
+    from hydrahead.decode_linear import use_decode_linear
     from hydrahead.kv import use_blockwise_attention
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -337,6 +338,7 @@ def speed(args):
     original = Qwen3ForCausalLM(copy.deepcopy(config)).to(dtype).eval()
     # the original at its best too: hydrahead's attention (a decode step reads its KVCache once, no GQA copy)
     use_blockwise_attention(original)
+    use_decode_linear(original)  # as the hybrid's products are
     torch.manual_seed(0)
     hybrid = convert(Qwen3ForCausalLM(copy.deepcopy(config)).to(dtype).eval(), own,
                      HybridOptions(logscale_length=config.max_position_embeddings), inplace=True).eval()

@@ -36,6 +36,7 @@ from bound import bound_line, load_average, read_bandwidth, save_run, weight_byt
 from hybrid_decode import qwen3_06b_like
 
 from hydrahead.cache import KVLayer, cache_nbytes
+from hydrahead.decode_linear import use_decode_linear
 from hydrahead.kv import QuantizedKVCache, fused, native, use_blockwise_attention
 
 # --path: (HYDRAHEAD_NATIVE, HYDRAHEAD_COMPILE, what it means)
@@ -108,6 +109,7 @@ def main():
     torch.manual_seed(0)
     model = Qwen3ForCausalLM(config).to(dtype).eval()
     use_blockwise_attention(model)  # plain tensors still go to sdpa; quantized views to the blockwise path
+    use_decode_linear(model)  # decode-step products in the native kernel
     weights = weight_bytes(model)
     print(f"Qwen3-0.6B-like, {args.layers} of 28 layers, {args.dtype}, {torch.get_num_threads()} threads, "
           f"4-bit: {path}")

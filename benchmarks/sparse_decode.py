@@ -28,6 +28,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from bound import bound_line, read_bandwidth, save_run, weight_bytes
 
 from hydrahead.compat import cache_arg
+from hydrahead.decode_linear import use_decode_linear
 from hydrahead.decoding import random_roles, sparse_decoding
 from hydrahead.decoding.roles import retrieval_count
 from hydrahead.kv.attention import blockwise_attention_forward
@@ -104,6 +105,7 @@ def main():
           f"the same rule gives {n_full} of 224 = {n_full / 224:.0%} on all 28 layers)")
     torch.manual_seed(0)
     model = Qwen3ForCausalLM(config).to(dtype).eval()
+    use_decode_linear(model)  # decode-step products in the native kernel, for every row alike
     register_dense_decode()
     bandwidth = read_bandwidth()
     print(bound_line(bandwidth))

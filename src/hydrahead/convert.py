@@ -19,6 +19,7 @@ from transformers import LlamaForCausalLM, Qwen3ForCausalLM
 
 from .attention import HybridAttention, HybridOptions
 from .configuration import HYBRID_MODEL_TYPES, from_base_dict, hybrid_config, hybrid_spec, is_hybrid
+from .decode_linear import use_decode_linear
 from .errors import HydraheadError
 from .modeling import MODEL_CLASSES, register
 from .models import check_loading_info
@@ -107,6 +108,7 @@ def convert(model, plan: HeadPlan, options: HybridOptions | None = None, inplace
         from .calibration import set_gamma
 
         set_gamma(hybrid, rms)
+    use_decode_linear(hybrid)  # the modules taken from `model` too (the hybrid's own are already)
     return hybrid.train(model.training)
 
 

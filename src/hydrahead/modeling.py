@@ -28,6 +28,7 @@ from .attention.hybrid import HybridAttention
 from .cache import HydraCache
 from .compat import CACHE_KWARG, cache_arg
 from .configuration import HydraLlamaConfig, HydraQwen3Config, hybrid_spec
+from .decode_linear import use_decode_linear
 from .errors import HydraheadError
 
 
@@ -110,6 +111,7 @@ class HydraModel(HydraPreTrainedModel):
         self.norm = parts.norm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = parts.rotary(config=config)
         self.post_init()
+        use_decode_linear(self)  # decode-step products in the native kernel (decode_linear.py)
 
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, cache: HydraCache | None = None,
@@ -149,6 +151,7 @@ class HydraForCausalLM(HydraPreTrainedModel, GenerationMixin):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+        use_decode_linear(self)  # decode-step products in the native kernel (decode_linear.py)
 
     @property
     def head_plan(self):

@@ -9,12 +9,16 @@ products stay in cache. benchmarks/hybrid_decode.py times whole decode steps wit
 against transformers' sdpa over a DynamicCache (the row below).
 
 Plain PyTorch and exact up to float rounding (tests hold it to sdpa); the callers use it for up to
-MAX_ROWS query rows per KV head and no dropout, and sdpa otherwise.
+MAX_ROWS query rows per KV head and no dropout, and sdpa otherwise. A single-token step that sees every key, over a
+float32 or bfloat16 cache on the CPU, runs in the native kernel (`hydrahead.kv.native.dense`, tested against this
+function), unless HYDRAHEAD_NATIVE=0.
 """
 
 from __future__ import annotations
 
 import torch
+
+from ..kv.native import dense as native_dense
 
 MAX_ROWS = 8  # query rows per KV head up to which a step counts as a decode step
 CHUNK = 2048  # tokens per p.v product
@@ -48,6 +52,10 @@ def gqa_decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
     B, Hq, Q, D = query.shape
     Hk, T = key.shape[1], key.shape[2]
     G = Hq // Hk
+    if Q == 1 and sees_every_key(mask):  # the native kernel (kv/native/dense_decode.c) where it takes the call
+        out = native_dense.attention(query.reshape(B, Hk, G, D), key, value, scaling)
+        if out is not None:
+            return out.view(B, Hq, 1, D).transpose(1, 2).to(query.dtype)
     q = (query.float() * scaling).reshape(B, Hk, G * Q, D)  # rows (group member, query) per KV head
     scores = q.new_empty(B, Hk, T, G * Q)
     for start in range(0, T, CHUNK):
@@ -62,6 +70,14 @@ def gqa_decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
     probs = torch.nan_to_num(probs, nan=0.0)  # a row with every key masked: zeros, as sdpa gives for padding
     out = weighted_values(probs, value)
     return out.view(B, Hk, G, Q, D).reshape(B, Hq, Q, D).transpose(1, 2).to(query.dtype)
+
+
+def sees_every_key(mask) -> bool:
+    """Whether a mask (sdpa's bool, additive float, or None) lets every query row see every key: a decode step of
+    one unpadded sequence, which many callers still pass a mask for."""
+    if mask is None:
+        return True
+    return bool(mask.all()) if mask.dtype == torch.bool else bool((mask == 0).all())
 
 
 def weighted_values(probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:

@@ -18,10 +18,12 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from ..attention import gqa_decode
-from . import fused
+from . import fused, native
 from .base import QTensor
 from .mixed import MixedKVView, view_parts
-from .view import KVView
+from .view import CHUNK_TOKENS, KVView
+
+NATIVE_CHUNK_TOKENS = 1 << 20  # tokens per native-kernel call: the whole quantized range of any cache here
 
 ATTENTION_NAME = "hydrahead"  # hydrahead's one attention function (hydrahead.decoding.attention)
 
@@ -90,7 +92,10 @@ def online_softmax_attention(query: torch.Tensor, view: KVView, mask: torch.Tens
     acc = q.new_zeros((B, H, G * Q, D))
     T = view.num_tokens
     use_fast = fast is not False and G * Q <= fused.MAX_ROWS
-    for start, keys, values in view.chunks():
+    # the native kernel keeps one chunk's scores only (R x t floats), so it reads the whole quantized range at once
+    # and the per-call costs are paid once per layer; the other paths decode chunks of CHUNK_TOKENS
+    whole = use_fast and native.takes(view.key_format, view.value_format, G * Q, q.device)
+    for start, keys, values in view.chunks(NATIVE_CHUNK_TOKENS if whole else CHUNK_TOKENS):
         t = keys.num_tokens if isinstance(keys, QTensor) else keys.shape[-2]
         bias = gqa_decode.mask_bias(mask, start, t, T, Q, B, H, G, q.device)
         if use_fast and isinstance(keys, QTensor):

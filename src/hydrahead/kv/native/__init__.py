@@ -1,5 +1,7 @@
-"""A small compiled kernel for the common 4-bit caches (int4 values per token, with int4 keys per channel or tq4 keys):
-one chunk of decode attention read straight from the packed codes (`int4_decode.c`, whose header says how).
+"""Small compiled kernels for the decode step. For the common 4-bit caches (int4 values per token, with int4 keys per
+channel or tq4 keys): one chunk of decode attention read straight from the packed codes (`int4_decode.c`, whose header
+says how; the functions here). For tensors in the model's dtype (float32, bfloat16): decode attention over the cache
+as stored and the weights' matrix-vector products (`dense_decode.c`; the functions in `dense.py`).
 
 Built on first use with the system C compiler (`$CC`, else cc or gcc) for this machine (-march=native) into
 `$HYDRAHEAD_CACHE_DIR/native` (default ~/.cache/hydrahead/native), named by a hash of the source, the flags and the
@@ -29,11 +31,13 @@ import torch
 from ..base import KVFormat, QTensor
 
 ENV = "HYDRAHEAD_NATIVE"
-SOURCE = Path(__file__).with_name("int4_decode.c")
+HERE = Path(__file__).parent
+SOURCES = (HERE / "int4_decode.c", HERE / "dense_decode.c")  # one library; both include common.h
+HEADERS = (HERE / "common.h",)
 # -fassociative-math lets the dot products and sums vectorize; no -ffast-math, which would assume no infinities
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros",
          "-fassociative-math")
-MAX_ROWS = 8  # query rows per KV head the kernel takes (int4_decode.c's MAX_ROWS)
+MAX_ROWS = 8  # query rows per KV head (or x rows of a product) the kernels take (common.h's MAX_ROWS)
 MIN_TOKENS_PER_THREAD = 4096  # head x tokens below which a call is not split over threads
 
 log = logging.getLogger(__name__)
@@ -74,26 +78,32 @@ def _build() -> ctypes.CDLL:
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C compiler found (set CC, or install cc / gcc)")
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in (*SOURCES, *HEADERS))
     key = hashlib.sha256(source + " ".join(FLAGS).encode() + compiler.encode() + _cpu_key().encode()).hexdigest()[:16]
-    target = _cache_dir() / f"int4_decode-{platform.machine()}-{key}.so"
+    target = _cache_dir() / f"hydrahead_decode-{platform.machine()}-{key}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         # built under a temporary name and renamed: a killed build leaves no half-written library behind that name
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             out = Path(tmp) / target.name
-            run = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(out), "-lm"], capture_output=True, text=True)
+            run = subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-o", str(out), "-lm"], capture_output=True,
+                                 text=True)
             if run.returncode:
                 raise RuntimeError(f"{Path(compiler).name} failed: {(run.stderr or run.stdout).strip()[:500]}")
             os.replace(out, target)
     library = ctypes.CDLL(str(target))
     # (leading int64 shape arguments, pointers); every function ends with the int64 head range [first, last)
     signatures = {"hh_int4_chunk": (7, 12), "hh_codebook_int4_chunk": (6, 12), "hh_int4_scores": (6, 6),
-                  "hh_codebook_scores": (5, 6), "hh_int4_values": (6, 6)}
+                  "hh_codebook_scores": (5, 6), "hh_int4_values": (6, 6), "hh_dense_attention": (6, 6),
+                  "hh_linear": (4, 3)}
+    floats = {"hh_dense_attention": 1}  # float arguments between the ints and the pointers
     for name, (ints, pointers) in signatures.items():
         fn = getattr(library, name)
         fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_int64] * ints + [ctypes.c_void_p] * pointers + [ctypes.c_int64] * 2
+        fn.argtypes = ([ctypes.c_int64] * ints + [ctypes.c_float] * floats.get(name, 0) + [ctypes.c_void_p] * pointers
+                       + [ctypes.c_int64] * 2)
+    library.hh_linear_bf16_dot.restype = ctypes.c_int
+    library.hh_linear_bf16_dot.argtypes = []
     return library
 
 
@@ -105,7 +115,7 @@ def available() -> tuple[bool, str]:
             _library = _build()
         except Exception as e:  # noqa: BLE001 - any build or load failure means: use the reference path
             _failure = f"{type(e).__name__}: {e}"
-            log.warning("hydrahead: the native 4-bit decode kernel is unavailable (%s); using the plain-PyTorch path",
+            log.warning("hydrahead: the native decode kernels are unavailable (%s); using the plain-PyTorch path",
                         _failure)
     return _library is not None, _failure or ""
 

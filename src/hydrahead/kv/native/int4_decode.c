@@ -16,58 +16,10 @@
  * rows) must stay -inf. Plain C, no Python or torch headers: hydrahead.kv.native builds it with the system C
  * compiler on first use and calls it through ctypes.
  */
-#include <math.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
+#include "common.h"
 
-#define MAX_ROWS 8
 #define MAX_HALF 128 /* head_dim up to 256 */
 #define MAX_GROUPS 64
-
-#if defined(__F16C__)
-#include <immintrin.h>
-static inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
-#else
-static inline float half_to_float(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu, bits;
-    if (exponent == 0x1fu) {
-        bits = sign | 0x7f800000u | (mantissa << 13);
-    } else if (exponent) {
-        bits = sign | ((exponent + 112u) << 23) | (mantissa << 13);
-    } else if (mantissa) { /* subnormal half: normalise */
-        int e = -1;
-        do { mantissa <<= 1; e++; } while (!(mantissa & 0x400u));
-        bits = sign | ((uint32_t)(112 - e) << 23) | ((mantissa & 0x3ffu) << 13);
-    } else {
-        bits = sign;
-    }
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-#endif
-
-/* exp(x) for x <= 0 (every argument here is a score minus a running max, or -inf): 2^k * p(r) with
- * x = k ln2 + r, |r| <= ln2 / 2, a degree-6 polynomial (relative error ~2e-7). Written as plain arithmetic so the
- * loops that call it vectorize; below -87.3 (and for -inf) it returns 0, as float32 exp underflows there. */
-static inline float exp_nonpositive(float x) {
-    const float log2e = 1.44269504088896341f, ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
-    float clamped = x < -87.3f ? -87.3f : x;
-    float k = floorf(clamped * log2e + 0.5f);
-    float r = clamped - k * ln2_hi - k * ln2_lo;
-    float p = 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    int32_t bits = ((int32_t)k + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return x < -87.3f ? 0.0f : p * scale;
-}
 
 static inline void unpack(const uint8_t *restrict codes, int half, float *restrict even, float *restrict odd) {
     for (int i = 0; i < half; i++) {
@@ -76,9 +28,140 @@ static inline void unpack(const uint8_t *restrict codes, int half, float *restri
     }
 }
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+/* With AVX-512 the codes become floats sixteen at a time through a 16-entry table in one register (_mm512_permutexvar:
+ * 0..15 for int4, the codebook for tq4, so tq4 costs what int4 does), and the products stay in registers across a
+ * token; without it (or for a head_dim not a multiple of 32) the plain loops below, which the compiler vectorizes,
+ * serve. */
+#define HAVE_AVX512 1
+#define MAX_PIECES (MAX_HALF / 16)
+#define PREFETCH_TOKENS 8 /* as in dense_decode.c */
+
+/* The 32 codes in 16 bytes as floats through `table`: even channels (low nibbles) and odd ones (high nibbles). */
+static inline void table16(const uint8_t *codes, __m512 table, __m512 *even, __m512 *odd) {
+    const __m128i bytes = _mm_loadu_si128((const __m128i *)codes), mask = _mm_set1_epi8(15);
+    *even = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_and_si128(bytes, mask)), table);
+    *odd = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(bytes, 4), mask)), table);
+}
+
+/* The sums of 16 vectors' lanes, in one vector (out[k] = sum of v[k]'s lanes): halves, quarters, pairs, then
+ * single lanes of two vectors added side by side (46 instructions where 16 separate sums take about twice that). */
+static inline __m512 sum_lanes16(const __m512 *v) {
+    __m512 w[8], x[4], y[2];
+    for (int k = 0; k < 8; k++) /* 512 -> 256 bits: lanes 0-7 from v[2k], 8-15 from v[2k+1] */
+        w[k] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * k], v[2 * k + 1], 0x44),
+                             _mm512_shuffle_f32x4(v[2 * k], v[2 * k + 1], 0xEE));
+    for (int k = 0; k < 4; k++) /* -> 128 bits: quarter q holds v[4k + q] */
+        x[k] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * k], w[2 * k + 1], 0x88),
+                             _mm512_shuffle_f32x4(w[2 * k], w[2 * k + 1], 0xDD));
+    for (int k = 0; k < 2; k++) { /* -> 64 bits: quarter j holds v[8k + j], then v[8k + 4 + j] */
+        const __m512d a = _mm512_castps_pd(x[2 * k]), b = _mm512_castps_pd(x[2 * k + 1]);
+        y[k] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    /* -> 32 bits: lane 4j + m holds v[j + 4m]; put back in order */
+    const __m512 z = _mm512_add_ps(_mm512_shuffle_ps(y[0], y[1], 0x88), _mm512_shuffle_ps(y[0], y[1], 0xDD));
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    return _mm512_permutexvar_ps(order, z);
+}
+
+/* dots[r, t] = q_even[r] . even_t + q_odd[r] . odd_t for the tokens [t0, t1) (codes at `codes`, half bytes each),
+ * the query rows already split into even and odd channels (and scaled, for int4 keys): each token's products
+ * summed in registers, then sixteen tokens' sums at once (sum_lanes16). */
+static inline __attribute__((always_inline)) void table_dots(int64_t R, int64_t half, int64_t t0, int64_t t1,
+                                                            int64_t T, const float *q_even, const float *q_odd,
+                                                            const uint8_t *codes, __m512 table, float *dots) {
+    const int64_t pieces = half / 16;
+    __m512 qe[MAX_ROWS][MAX_PIECES], qo[MAX_ROWS][MAX_PIECES], partial[MAX_ROWS][16];
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t j = 0; j < pieces; j++) {
+            qe[r][j] = _mm512_loadu_ps(q_even + r * MAX_HALF + 16 * j);
+            qo[r][j] = _mm512_loadu_ps(q_odd + r * MAX_HALF + 16 * j);
+        }
+    for (int64_t t = t0; t < t1; t++) {
+        __builtin_prefetch(codes + (t + PREFETCH_TOKENS) * half);
+        __m512 sum[MAX_ROWS];
+        for (int64_t r = 0; r < R; r++) sum[r] = _mm512_setzero_ps();
+        for (int64_t j = 0; j < pieces; j++) {
+            __m512 even, odd;
+            table16(codes + t * half + 16 * j, table, &even, &odd);
+            for (int64_t r = 0; r < R; r++)
+                sum[r] = _mm512_fmadd_ps(qo[r][j], odd, _mm512_fmadd_ps(qe[r][j], even, sum[r]));
+        }
+        const int64_t k = (t - t0) % 16;
+        for (int64_t r = 0; r < R; r++) partial[r][k] = sum[r];
+        if (k == 15) /* sixteen tokens done */
+            for (int64_t r = 0; r < R; r++) _mm512_storeu_ps(dots + r * T + t - 15, sum_lanes16(partial[r]));
+    }
+    const int64_t done = t0 + (t1 - t0) / 16 * 16; /* the last tokens, fewer than sixteen, one by one */
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t t = done; t < t1; t++) dots[r * T + t] = _mm512_reduce_add_ps(partial[r][t - done]);
+}
+
+/* add_int4_values with AVX-512: each token's codes become values (z + s c, the scale and zero of each channel's
+ * group spread over the lanes by a permute), added into R accumulators kept in registers. */
+static inline __attribute__((always_inline)) void add_int4_values_avx512(
+        int64_t R, int64_t D, int64_t T, int64_t vg, const float *weights, const uint8_t *codes,
+        const uint16_t *scales, const uint16_t *zeros, const float *alpha, float *acc) {
+    const int64_t half = D / 2, pieces = half / 16, vgroups = D / vg;
+    const __m512 table = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __mmask16 group_mask = (__mmask16)((1u << vgroups) - 1);
+    __m512i group_even[MAX_PIECES], group_odd[MAX_PIECES]; /* the group of each lane's channel */
+    for (int64_t j = 0; j < pieces; j++) {
+        int32_t ge[16], go[16];
+        for (int l = 0; l < 16; l++) {
+            ge[l] = (int32_t)((32 * j + 2 * l) / vg);
+            go[l] = (int32_t)((32 * j + 2 * l + 1) / vg);
+        }
+        group_even[j] = _mm512_loadu_si512(ge);
+        group_odd[j] = _mm512_loadu_si512(go);
+    }
+    __m512 ae[MAX_ROWS][MAX_PIECES], ao[MAX_ROWS][MAX_PIECES];
+    for (int64_t r = 0; r < R; r++) {
+        float e[MAX_HALF], o[MAX_HALF];
+        for (int64_t i = 0; i < half; i++) {
+            e[i] = acc[r * D + 2 * i] * alpha[r];
+            o[i] = acc[r * D + 2 * i + 1] * alpha[r];
+        }
+        for (int64_t j = 0; j < pieces; j++) {
+            ae[r][j] = _mm512_loadu_ps(e + 16 * j);
+            ao[r][j] = _mm512_loadu_ps(o + 16 * j);
+        }
+    }
+    for (int64_t t = 0; t < T; t++) {
+        __builtin_prefetch(codes + (t + PREFETCH_TOKENS) * half);
+        const __m512 s = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(group_mask, scales + t * vgroups));
+        const __m512 z = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(group_mask, zeros + t * vgroups));
+        __m512 w[MAX_ROWS];
+        for (int64_t r = 0; r < R; r++) w[r] = _mm512_set1_ps(weights[r * T + t]);
+        for (int64_t j = 0; j < pieces; j++) {
+            __m512 even, odd;
+            table16(codes + t * half + 16 * j, table, &even, &odd);
+            even = _mm512_fmadd_ps(even, _mm512_permutexvar_ps(group_even[j], s), _mm512_permutexvar_ps(group_even[j], z));
+            odd = _mm512_fmadd_ps(odd, _mm512_permutexvar_ps(group_odd[j], s), _mm512_permutexvar_ps(group_odd[j], z));
+            for (int64_t r = 0; r < R; r++) {
+                ae[r][j] = _mm512_fmadd_ps(w[r], even, ae[r][j]);
+                ao[r][j] = _mm512_fmadd_ps(w[r], odd, ao[r][j]);
+            }
+        }
+    }
+    for (int64_t r = 0; r < R; r++) {
+        float e[MAX_HALF], o[MAX_HALF];
+        for (int64_t j = 0; j < pieces; j++) {
+            _mm512_storeu_ps(e + 16 * j, ae[r][j]);
+            _mm512_storeu_ps(o + 16 * j, ao[r][j]);
+        }
+        for (int64_t i = 0; i < half; i++) {
+            acc[r * D + 2 * i] = e[i];
+            acc[r * D + 2 * i + 1] = o[i];
+        }
+    }
+}
+#endif
+
 /* Scores of R query rows against T int4 keys (scale and zero per channel per group of kg tokens) of one head:
  * per group, the scaled query and its dot with the zeros, then one pass over each token's codes. */
-static void int4_scores(int64_t R, int64_t D, int64_t T, int64_t kg, const float *q, const uint8_t *codes,
+static inline __attribute__((always_inline)) void int4_scores(int64_t R, int64_t D, int64_t T, int64_t kg, const float *q, const uint8_t *codes,
                         const uint16_t *scales, const uint16_t *zeros, float *scores) {
     const int64_t half = D / 2;
     float q_even[MAX_ROWS][MAX_HALF], q_odd[MAX_ROWS][MAX_HALF], even[MAX_HALF], odd[MAX_HALF];
@@ -104,6 +187,15 @@ static void int4_scores(int64_t R, int64_t D, int64_t T, int64_t kg, const float
             }
             qz[r] = dot;
         }
+#ifdef HAVE_AVX512
+        if (half % 16 == 0) {
+            const __m512 levels = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+            table_dots(R, half, g * kg, (g + 1) * kg, T, &qs_even[0][0], &qs_odd[0][0], codes, levels, scores);
+            for (int64_t r = 0; r < R; r++)
+                for (int64_t t = g * kg; t < (g + 1) * kg; t++) scores[r * T + t] += qz[r];
+            continue;
+        }
+#endif
         for (int64_t t = g * kg; t < (g + 1) * kg; t++) {
             unpack(codes + t * half, (int)half, even, odd);
             for (int64_t r = 0; r < R; r++) {
@@ -117,7 +209,7 @@ static void int4_scores(int64_t R, int64_t D, int64_t T, int64_t kg, const float
 
 /* Scores against T codebook keys (tq4: a 16-entry codebook value per channel, times the token's norm), the query
  * already in the codebook's rotated space. */
-static void codebook_scores(int64_t R, int64_t D, int64_t T, const float *q, const uint8_t *codes,
+static inline __attribute__((always_inline)) void codebook_scores(int64_t R, int64_t D, int64_t T, const float *q, const uint8_t *codes,
                             const float *codebook, const float *norms, float *scores) {
     const int64_t half = D / 2;
     float q_even[MAX_ROWS][MAX_HALF], q_odd[MAX_ROWS][MAX_HALF], even[MAX_HALF], odd[MAX_HALF], table[16];
@@ -127,6 +219,14 @@ static void codebook_scores(int64_t R, int64_t D, int64_t T, const float *q, con
             q_even[r][i] = q[r * D + 2 * i];
             q_odd[r][i] = q[r * D + 2 * i + 1];
         }
+#ifdef HAVE_AVX512
+    if (half % 16 == 0) {
+        table_dots(R, half, 0, T, T, &q_even[0][0], &q_odd[0][0], codes, _mm512_loadu_ps(table), scores);
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t t = 0; t < T; t++) scores[r * T + t] *= norms[t];
+        return;
+    }
+#endif
     for (int64_t t = 0; t < T; t++) {
         const uint8_t *c = codes + t * half;
         for (int64_t i = 0; i < half; i++) {
@@ -141,32 +241,18 @@ static void codebook_scores(int64_t R, int64_t D, int64_t T, const float *q, con
     }
 }
 
-/* The online softmax's step for one head's scores [R, T] (bias added): new running max m, p = exp(s - max) in
- * place of the scores, l updated; alpha[r] = exp(old max - new max) rescales what was summed before. */
-static void online_softmax(int64_t R, int64_t T, float *scores, float *m, float *l, float *alpha) {
-    for (int64_t r = 0; r < R; r++) {
-        float *s = scores + r * T;
-        float top = -INFINITY;
-        for (int64_t t = 0; t < T; t++) top = s[t] > top ? s[t] : top;
-        float m_old = m[r], m_new = m_old > top ? m_old : top;
-        float m_safe = isinf(m_new) ? 0.0f : m_new; /* a row with no visible key yet stays empty */
-        float sum = 0.0f;
-        alpha[r] = exp_nonpositive(m_old - m_safe);
-        for (int64_t t = 0; t < T; t++) {
-            s[t] = exp_nonpositive(s[t] - m_safe);
-            sum += s[t];
-        }
-        m[r] = m_new;
-        l[r] = l[r] * alpha[r] + sum;
-    }
-}
-
 /* acc [R, D] = alpha * acc + sum_t p[r, t] v_t for T int4 values (scale and zero per token per group of vg
  * channels): sum_t p_t (z + s c) = sum_t p_t z (per channel group) + sum_t (p_t s) c, even and odd channels
  * apart. */
-static void add_int4_values(int64_t R, int64_t D, int64_t T, int64_t vg, const float *weights, const uint8_t *codes,
+static inline __attribute__((always_inline)) void add_int4_values(int64_t R, int64_t D, int64_t T, int64_t vg, const float *weights, const uint8_t *codes,
                             const uint16_t *scales, const uint16_t *zeros, const float *alpha, float *acc) {
     const int64_t half = D / 2, vgroups = D / vg, group_half = vg / 2;
+#ifdef HAVE_AVX512
+    if (half % 16 == 0 && vgroups <= 16) {
+        add_int4_values_avx512(R, D, T, vg, weights, codes, scales, zeros, alpha, acc);
+        return;
+    }
+#endif
     float acc_even[MAX_ROWS][MAX_HALF], acc_odd[MAX_ROWS][MAX_HALF], zero_sum[MAX_ROWS][MAX_GROUPS];
     float even[MAX_HALF], odd[MAX_HALF];
     for (int64_t r = 0; r < R; r++) {
@@ -225,7 +311,7 @@ static void add_int4_values(int64_t R, int64_t D, int64_t T, int64_t vg, const f
 
 /* One head's scores [R, T] -> the chunk's attention step: bias added (or NULL), the online softmax's update of m
  * and l, and acc rescaled and added p.v of the int4 values. */
-static void attend_int4_values(int64_t R, int64_t D, int64_t T, int64_t vg, float *scores, const float *bias,
+static inline __attribute__((always_inline)) void attend_int4_values(int64_t R, int64_t D, int64_t T, int64_t vg, float *scores, const float *bias,
                                const uint8_t *codes, const uint16_t *scales, const uint16_t *zeros, float *m, float *l,
                                float *acc) {
     if (bias)
@@ -234,6 +320,18 @@ static void attend_int4_values(int64_t R, int64_t D, int64_t T, int64_t vg, floa
     online_softmax(R, T, scores, m, l, alpha);
     add_int4_values(R, D, T, vg, scores, codes, scales, zeros, alpha, acc);
 }
+
+/* Runs the statement(s) with R_ and D_ set to R and D as compile-time constants for the common shapes (Qwen3's
+ * head_dim 128 with 2 or 4 query rows per KV head, head_dim 64), so that the inlined loops above are unrolled and
+ * their accumulators kept in registers, and as plain variables for any other shape. */
+#define SPECIALIZED(R, D, ...)                                                                                       \
+    do {                                                                                                             \
+        if ((D) == 128 && (R) == 2) { const int64_t R_ = 2, D_ = 128; __VA_ARGS__; }                                 \
+        else if ((D) == 128 && (R) == 4) { const int64_t R_ = 4, D_ = 128; __VA_ARGS__; }                            \
+        else if ((D) == 128) { const int64_t R_ = (R), D_ = 128; __VA_ARGS__; }                                      \
+        else if ((D) == 64) { const int64_t R_ = (R), D_ = 64; __VA_ARGS__; }                                        \
+        else { const int64_t R_ = (R), D_ = (D); __VA_ARGS__; }                                                      \
+    } while (0)
 
 static int bad_shape(int64_t R, int64_t D, int64_t T, int64_t kg, int64_t vg) {
     return R < 1 || R > MAX_ROWS || D < 2 || D % 2 || D / 2 > MAX_HALF || kg < 1 || T % kg || vg < 2 || vg % 2 ||
@@ -256,12 +354,12 @@ int hh_int4_chunk(int64_t B, int64_t H, int64_t R, int64_t D, int64_t T, int64_t
     if (!scores) return -2;
     for (int64_t bh = first; bh < last; bh++) {
         const int64_t b = bh / H, h = bh % H;
-        int4_scores(R, D, T, kg, q + bh * R * D, kc + b * strides[0] + h * strides[1],
-                    ks + b * strides[2] + h * strides[3], kz + b * strides[4] + h * strides[5], scores);
-        attend_int4_values(R, D, T, vg, scores, bias ? bias + bh * R * T : NULL, vc + b * strides[6] + h * strides[7],
-                           vs + b * strides[8] + h * strides[9], vz + b * strides[10] + h * strides[11], m + bh * R,
-                           l + bh * R, acc + bh * R * D);
-    }
+        SPECIALIZED(R, D,
+            int4_scores(R_, D_, T, kg, q + bh * R * D, kc + b * strides[0] + h * strides[1],
+                        ks + b * strides[2] + h * strides[3], kz + b * strides[4] + h * strides[5], scores);
+            attend_int4_values(R_, D_, T, vg, scores, bias ? bias + bh * R * T : NULL,
+                               vc + b * strides[6] + h * strides[7], vs + b * strides[8] + h * strides[9],
+                               vz + b * strides[10] + h * strides[11], m + bh * R, l + bh * R, acc + bh * R * D));    }
     free(scores);
     return 0;
 }
@@ -275,11 +373,12 @@ int hh_codebook_int4_chunk(int64_t B, int64_t H, int64_t R, int64_t D, int64_t T
     if (!scores) return -2;
     for (int64_t bh = first; bh < last; bh++) {
         const int64_t b = bh / H, h = bh % H;
-        codebook_scores(R, D, T, q + bh * R * D, kc + b * strides[0] + h * strides[1], codebook,
-                        norms + b * strides[2] + h * strides[3], scores);
-        attend_int4_values(R, D, T, vg, scores, bias ? bias + bh * R * T : NULL, vc + b * strides[4] + h * strides[5],
-                           vs + b * strides[6] + h * strides[7], vz + b * strides[8] + h * strides[9], m + bh * R,
-                           l + bh * R, acc + bh * R * D);
+        SPECIALIZED(R, D,
+            codebook_scores(R_, D_, T, q + bh * R * D, kc + b * strides[0] + h * strides[1], codebook,
+                            norms + b * strides[2] + h * strides[3], scores);
+            attend_int4_values(R_, D_, T, vg, scores, bias ? bias + bh * R * T : NULL,
+                               vc + b * strides[4] + h * strides[5], vs + b * strides[6] + h * strides[7],
+                               vz + b * strides[8] + h * strides[9], m + bh * R, l + bh * R, acc + bh * R * D));
     }
     free(scores);
     return 0;
@@ -295,8 +394,9 @@ int hh_int4_scores(int64_t B, int64_t H, int64_t R, int64_t D, int64_t T, int64_
     if (bad_shape(R, D, T, kg, 2) || first < 0 || last > B * H) return -1;
     for (int64_t bh = first; bh < last; bh++) {
         const int64_t b = bh / H, h = bh % H;
-        int4_scores(R, D, T, kg, q + bh * R * D, kc + b * strides[0] + h * strides[1],
-                    ks + b * strides[2] + h * strides[3], kz + b * strides[4] + h * strides[5], out + bh * R * T);
+        SPECIALIZED(R, D,
+            int4_scores(R_, D_, T, kg, q + bh * R * D, kc + b * strides[0] + h * strides[1],
+                        ks + b * strides[2] + h * strides[3], kz + b * strides[4] + h * strides[5], out + bh * R * T));
     }
     return 0;
 }
@@ -307,8 +407,9 @@ int hh_codebook_scores(int64_t B, int64_t H, int64_t R, int64_t D, int64_t T, co
     if (bad_shape(R, D, T, 1, 2) || first < 0 || last > B * H) return -1;
     for (int64_t bh = first; bh < last; bh++) {
         const int64_t b = bh / H, h = bh % H;
-        codebook_scores(R, D, T, q + bh * R * D, kc + b * strides[0] + h * strides[1], codebook,
-                        norms + b * strides[2] + h * strides[3], out + bh * R * T);
+        SPECIALIZED(R, D,
+            codebook_scores(R_, D_, T, q + bh * R * D, kc + b * strides[0] + h * strides[1], codebook,
+                            norms + b * strides[2] + h * strides[3], out + bh * R * T));
     }
     return 0;
 }
@@ -322,8 +423,9 @@ int hh_int4_values(int64_t B, int64_t H, int64_t R, int64_t D, int64_t T, int64_
         const int64_t b = bh / H, h = bh % H;
         float *o = out + bh * R * D; /* written from zero: alpha 0 leaves nothing of what it held */
         for (int64_t i = 0; i < R * D; i++) o[i] = 0.0f;
-        add_int4_values(R, D, T, vg, p + bh * R * T, vc + b * strides[0] + h * strides[1],
-                        vs + b * strides[2] + h * strides[3], vz + b * strides[4] + h * strides[5], zeros, o);
+        SPECIALIZED(R, D,
+            add_int4_values(R_, D_, T, vg, p + bh * R * T, vc + b * strides[0] + h * strides[1],
+                            vs + b * strides[2] + h * strides[3], vz + b * strides[4] + h * strides[5], zeros, o));
     }
     return 0;
 }
