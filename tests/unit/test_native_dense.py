@@ -37,8 +37,8 @@ def served(monkeypatch, name: str) -> list:
     calls = []
     real = getattr(dense, name)
 
-    def counted(*args):
-        out = real(*args)
+    def counted(*args, **kwargs):
+        out = real(*args, **kwargs)
         if out is not None:
             calls.append(1)
         return out
@@ -172,3 +172,70 @@ def test_hydrahead_models_use_decode_linear_everywhere(monkeypatch):
         assert not calls
         hybrid(torch.tensor([[1]]))  # one row: the kernel
         assert calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_kernel_reads_selected_tokens_in_place_as_the_gathered_copy_does(monkeypatch, dtype):
+    """Sparse decoding's sparse heads: chosen KV heads, each at its own tokens, some hidden."""
+    need_kernel()
+    from hydrahead.decoding.attention import gathered_attend
+
+    B, Hk, N, D, g, k = 2, 4, 300, 64, 2, 37
+    key, value = cache_of(B, Hk, N, D, dtype, seed=5, extra=11)
+    gen = torch.Generator().manual_seed(6)
+    heads = torch.tensor([3, 1])
+    index = torch.randint(0, N, (B, 2, k), generator=gen)
+    keep = torch.rand(B, 2, k, generator=gen) > 0.2
+    q = torch.randn(B, 2, g, D, generator=gen).to(dtype)
+    calls = served(monkeypatch, "attention")
+    got = gathered_attend(q, key, value, heads, index, keep, D**-0.5)
+    assert calls
+    with monkeypatch.context() as m:
+        m.setenv(native.ENV, "0")
+        want = gathered_attend(q, key, value, heads, index, keep, D**-0.5)  # index_select, then matmuls
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), want.float(), atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_retrieval_heads_get_the_kernels_scores_and_probabilities(monkeypatch, masked):
+    """Sparse decoding's retrieval heads need every token's score and probability beside the output."""
+    need_kernel()
+    from hydrahead.decoding.attention import dense_attend
+
+    B, R, N, D, g = 2, 3, 130, 32, 2
+    key, value = cache_of(B, R, N, D, torch.float32, seed=7, extra=5)
+    q = torch.randn(B, R, g, D, generator=torch.Generator().manual_seed(8))
+    valid = None
+    if masked:  # padding on the left of the second sequence
+        valid = torch.ones(B, N, dtype=torch.bool)
+        valid[1, :9] = False
+    calls = served(monkeypatch, "attention")
+    got = dense_attend(q, key, value, valid, D**-0.5)
+    assert calls
+    with monkeypatch.context() as m:
+        m.setenv(native.ENV, "0")
+        want = dense_attend(q, key, value, valid, D**-0.5)
+    for a, b in zip(got, want):  # out, scores (-inf where hidden), probabilities
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_a_static_caches_unfilled_slots_still_go_to_the_kernel(monkeypatch):
+    need_kernel()
+    k, v = cache_of(1, 2, 64, 32, torch.float32, seed=9)
+    query = torch.randn(1, 4, 1, 32)
+    filled = torch.zeros(1, 1, 1, 64, dtype=torch.bool)
+    filled[..., :50] = True  # a StaticCache of 64 slots holding 50 tokens
+    calls = served(monkeypatch, "attention")
+    got = gqa_decode.gqa_decode_attention(query, k, v, filled, 32**-0.5)
+    assert calls
+    torch.testing.assert_close(got, reference_attention(monkeypatch, query, k[:, :, :50], v[:, :, :50]), atol=1e-5,
+                               rtol=1e-5)
+
+
+def test_an_index_out_of_range_is_refused_before_the_kernel_reads_it():
+    need_kernel()
+    k, v = cache_of(1, 2, 16, 32, torch.float32, seed=0)
+    with pytest.raises(ValueError, match="out of range"):
+        dense.attention(torch.randn(1, 2, 1, 32), k, v, 1.0, index=torch.tensor([[[0, 16]], [[1, 2]]]).view(1, 2, 2))

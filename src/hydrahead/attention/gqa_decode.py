@@ -52,8 +52,9 @@ def gqa_decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
     B, Hq, Q, D = query.shape
     Hk, T = key.shape[1], key.shape[2]
     G = Hq // Hk
-    if Q == 1 and sees_every_key(mask):  # the native kernel (kv/native/dense_decode.c) where it takes the call
-        out = native_dense.attention(query.reshape(B, Hk, G, D), key, value, scaling)
+    visible = visible_prefix(mask, T) if Q == 1 else None
+    if visible:  # the native kernel (kv/native/dense_decode.c) where it takes the call
+        out = native_dense.attention(query.reshape(B, Hk, G, D), key[:, :, :visible], value[:, :, :visible], scaling)
         if out is not None:
             return out.view(B, Hq, 1, D).transpose(1, 2).to(query.dtype)
     q = (query.float() * scaling).reshape(B, Hk, G * Q, D)  # rows (group member, query) per KV head
@@ -72,12 +73,20 @@ def gqa_decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
     return out.view(B, Hk, G, Q, D).reshape(B, Hq, Q, D).transpose(1, 2).to(query.dtype)
 
 
-def sees_every_key(mask) -> bool:
-    """Whether a mask (sdpa's bool, additive float, or None) lets every query row see every key: a decode step of
-    one unpadded sequence, which many callers still pass a mask for."""
+def visible_prefix(mask, T: int) -> int | None:
+    """n where a decode step's mask (sdpa's bool, additive float, or None) lets every query row see exactly the
+    first n of the T keys, as for one unpadded sequence (n = T) or a static cache's filled slots; None for any
+    other pattern (padding, a per-head or per-row mask), which the PyTorch path serves."""
     if mask is None:
-        return True
-    return bool(mask.all()) if mask.dtype == torch.bool else bool((mask == 0).all())
+        return T
+    if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[2] != 1 or mask.shape[-1] != T:
+        return None
+    seen = mask if mask.dtype == torch.bool else mask == 0
+    counts = seen.sum(-1).flatten()
+    n = int(counts[0])
+    if not bool((counts == n).all()) or not bool(seen[..., :n].all()):
+        return None
+    return n
 
 
 def weighted_values(probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:

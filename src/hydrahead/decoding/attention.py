@@ -19,6 +19,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from ..attention import gqa_decode
 from ..kv.attention import ATTENTION_NAME, blockwise_attention_forward, is_view
+from ..kv.native import dense as native_dense
 from ..kv.read import attend_with_scores, gather_rows
 from .select import select_tokens
 from .state import LayerSlot, contiguous_runs
@@ -154,9 +155,15 @@ def dense_attend(q, key, value, valid, scaling: float) -> tuple[torch.Tensor, to
     """q [B, R, g, D] over key, value [B, R, N, D] -> (out [B, R, g, D], scores [B, R, N, g], probs [B, R, N, g]
     float32; scores -inf where `valid` [B, N] is False).
 
-    Scores as K q^T, not q K^T: with the row-major cache on the left the matmul streams K once (about 4x
+    The native kernel where it takes the call (it reads the cache in place and returns the scores it computed);
+    otherwise scores as K q^T, not q K^T: with the row-major cache on the left the matmul streams K once (about 4x
     faster on CPU for a handful of query rows), which keeps a retrieval head as cheap as SDPA's dense head.
     """
+    native = native_dense.attention(q, key, value, scaling, keep=None if valid is None else valid[:, None],
+                                    with_scores=True)
+    if native is not None:  # the kernel reads the cache in place (kv/native/dense_decode.c)
+        out, scores, probs = native
+        return out.to(value.dtype), scores.transpose(-1, -2), probs.transpose(-1, -2)
     scores = torch.matmul(key, q.transpose(-1, -2)) * scaling  # [B, R, N, g]
     if valid is not None:
         scores = scores.masked_fill(~valid[:, None, :, None], float("-inf"))
@@ -167,11 +174,15 @@ def dense_attend(q, key, value, valid, scaling: float) -> tuple[torch.Tensor, to
 def gathered_attend(q, key, value, heads: torch.Tensor, index, keep, scaling: float, scratch=None) -> torch.Tensor:
     """q [B, S, g, D]; key, value [B, Hk, N, D]; the S key heads `heads`; index, keep [B, S, k].
 
-    Only the k selected rows of each head are read (an index_select on the flattened cache), then attended
-    to: the work is O(k), never a dense score masked afterwards. `scratch(name, shape, like)` may lend reused
+    Only the k selected rows of each head are read, then attended to: the work is O(k), never a dense score masked
+    afterwards. The native kernel reads the rows in place where it takes the call (float32 / bfloat16 on the CPU);
+    otherwise an index_select on the flattened cache gathers them first. `scratch(name, shape, like)` may lend reused
     buffers for the gathered rows: fresh multi-megabyte allocations are returned to the OS on free, and
     faulting their pages back in costs more than the gather itself.
     """
+    out = native_dense.attention(q, key, value, scaling, heads=heads.tolist(), index=index, keep=keep)
+    if out is not None:  # the kernel reads the selected rows in place: no gathered copy
+        return out.to(value.dtype)
     b, hk, n, d = key.shape
     s, k = index.shape[1], index.shape[2]
     if key.is_contiguous() and value.is_contiguous():

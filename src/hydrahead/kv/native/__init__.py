@@ -94,7 +94,7 @@ def _build() -> ctypes.CDLL:
     library = ctypes.CDLL(str(target))
     # (leading int64 shape arguments, pointers); every function ends with the int64 head range [first, last)
     signatures = {"hh_int4_chunk": (7, 12), "hh_codebook_int4_chunk": (6, 12), "hh_int4_scores": (6, 6),
-                  "hh_codebook_scores": (5, 6), "hh_int4_values": (6, 6), "hh_dense_attention": (6, 6),
+                  "hh_codebook_scores": (5, 6), "hh_int4_values": (6, 6), "hh_dense_attention": (6, 10),
                   "hh_linear": (4, 3)}
     floats = {"hh_dense_attention": 1}  # float arguments between the ints and the pointers
     for name, (ints, pointers) in signatures.items():

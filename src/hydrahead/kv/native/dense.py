@@ -22,24 +22,52 @@ def _kernels():
     return library
 
 
-def attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float) -> torch.Tensor | None:
-    """softmax(q k^T * scaling) v with no mask: q [B, Hk, R, D] (unscaled, any float dtype: a bfloat16 model's
-    queries stay exact where the kernel rounds them to bfloat16), key and value [B, Hk, T, D] in float32 or
-    bfloat16, channels contiguous (a view of a longer buffer is fine) -> float32 [B, Hk, R, D]; None where the
-    kernel does not take the call."""
+def attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, *,
+              heads: list[int] | None = None, index: torch.Tensor | None = None, keep: torch.Tensor | None = None,
+              with_scores: bool = False):
+    """softmax(q k^T * scaling) v for a decode step, over keys and values as stored (a view of a longer buffer is
+    fine): q [B, H, R, D] (unscaled, any float dtype: a bfloat16 model's queries stay exact where the kernel rounds
+    them to bfloat16); key and value [B, Hk, N, D] in float32 or bfloat16, channels contiguous.
+
+    Query head slot h reads KV head heads[h] (default: H == Hk, slot h reads head h); index [B, H, T] (int64) lists
+    the tokens each slot reads, in place (default: all N); keep [B, H, T] (bool) hides the tokens marked False.
+    -> float32 out [B, H, R, D] (zeros for a row that sees no token), and with `with_scores` also the scaled scores
+    and the probabilities [B, H, R, T] (float32); None where the kernel does not take the call."""
     B, H, R, D = q.shape
-    T = key.shape[2]
-    if not (key.dtype in DTYPES and value.dtype == key.dtype and key.shape == value.shape and D <= MAX_DIM and T > 0
-            and key.stride(-1) == 1 and value.stride(-1) == 1 and _ready(R, q.device)):
+    N = key.shape[2]
+    T = N if index is None else index.shape[-1]
+    if not (key.dtype in DTYPES and value.dtype == key.dtype and key.shape == value.shape and D == key.shape[3]
+            and D <= MAX_DIM and T > 0 and key.stride(-1) == 1 and value.stride(-1) == 1
+            and (heads is not None or H == key.shape[1]) and _ready(R, q.device)):
         return None
+    keep_alive = []  # tensors whose pointers the kernel reads: kept referenced until it returns
+    pointers = []
+    for name, t in (("heads", heads), ("index", index), ("keep", keep)):
+        if t is None:
+            pointers.append(None)
+            continue
+        if name == "heads":
+            t = torch.as_tensor(heads, dtype=torch.int64)
+            if t.shape != (H,) or not bool(((t >= 0) & (t < key.shape[1])).all()):
+                raise ValueError(f"heads must name {H} KV heads in [0, {key.shape[1]}), got {heads}")
+        elif name == "index":
+            t = t.to(torch.int64).expand(B, H, T).contiguous()
+            if not bool(((t >= 0) & (t < N)).all()):
+                raise ValueError(f"token index out of range [0, {N})")
+        else:
+            t = t.to(torch.uint8).expand(B, H, T).contiguous()
+        keep_alive.append(t)
+        pointers.append(t.data_ptr())
     q = q.float().contiguous()
     strides = torch.tensor([*key.stride()[:3], *value.stride()[:3]], dtype=torch.int64)
-    scores = q.new_empty(B, H, R, T)
+    probs = q.new_empty(B, H, R, T)
+    raw = q.new_empty(B, H, R, T) if with_scores else None
     out = q.new_empty(B, H, R, D)
     run = functools.partial(_kernels().hh_dense_attention, B, H, R, D, T, DTYPES[key.dtype], scaling, q.data_ptr(),
-                            key.data_ptr(), value.data_ptr(), strides.data_ptr(), scores.data_ptr(), out.data_ptr())
+                            key.data_ptr(), value.data_ptr(), strides.data_ptr(), *pointers, probs.data_ptr(),
+                            None if raw is None else raw.data_ptr(), out.data_ptr())
     _over_threads(run, B * H, T)
-    return out
+    return (out, raw, probs) if with_scores else out
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:

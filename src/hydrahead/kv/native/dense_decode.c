@@ -49,10 +49,23 @@ static inline const float *as_float(const void *src, int64_t dtype, int64_t n, f
     return buffer;
 }
 
-/* scores [R, T] = q [R, D] . keys [T, D] (token stride `stride` elements); for bfloat16 keys on AVX512-BF16 the
- * query rows are rounded to bfloat16 (exact for a bfloat16 model's queries, which the caller passes unscaled) */
+/* The row of token `t` of a head at `base` (`step` bytes apart): the t-th, or the index[t]-th where an index is given
+ * (sparse decoding's selected tokens, read in place instead of gathered into a copy). */
+static inline const char *row_at(const char *base, size_t step, const int64_t *index, int64_t t) {
+    return base + (size_t)(index ? index[t] : t) * step;
+}
+
+/* The row PREFETCH_TOKENS after t, asked for early (nothing past the last token). */
+static inline void prefetch_ahead(const char *base, size_t step, const int64_t *index, int64_t t, int64_t T,
+                                  size_t bytes) {
+    if (t + PREFETCH_TOKENS < T) prefetch(row_at(base, step, index, t + PREFETCH_TOKENS), bytes);
+}
+
+/* scores [R, T] = q [R, D] . keys [T, D] (token stride `stride` elements; the tokens index[0..T) where an index
+ * is given); for bfloat16 keys on AVX512-BF16 the query rows are rounded to bfloat16 (exact for a bfloat16 model's
+ * queries, which the caller passes unscaled) */
 static void dense_scores(int64_t R, int64_t D, int64_t T, int64_t dtype, const float *q, const char *keys,
-                         int64_t stride, float *scores) {
+                         int64_t stride, const int64_t *index, float *scores) {
     float row[MAX_DIM];
     const size_t step = (size_t)stride * element_size(dtype);
 #ifdef HAVE_BF16_DOT
@@ -63,8 +76,8 @@ static void dense_scores(int64_t R, int64_t D, int64_t T, int64_t dtype, const f
                 qh[r][j] = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(q + r * D + 32 * j + 16),
                                                _mm512_loadu_ps(q + r * D + 32 * j));
         for (int64_t t = 0; t < T; t++) {
-            const uint16_t *k = (const uint16_t *)(keys + t * step);
-            prefetch(keys + (t + PREFETCH_TOKENS) * step, (size_t)D * 2);
+            const uint16_t *k = (const uint16_t *)row_at(keys, step, index, t);
+            prefetch_ahead(keys, step, index, t, T, (size_t)D * 2);
             for (int64_t r = 0; r < R; r++) {
                 __m512 a = _mm512_setzero_ps();
                 for (int64_t j = 0; j < D / 32; j++)
@@ -76,8 +89,8 @@ static void dense_scores(int64_t R, int64_t D, int64_t T, int64_t dtype, const f
     }
 #endif
     for (int64_t t = 0; t < T; t++) {
-        prefetch(keys + (t + PREFETCH_TOKENS) * step, (size_t)D * element_size(dtype));
-        const float *k = as_float(keys + t * step, dtype, D, row);
+        prefetch_ahead(keys, step, index, t, T, (size_t)D * element_size(dtype));
+        const float *k = as_float(row_at(keys, step, index, t), dtype, D, row);
         for (int64_t r = 0; r < R; r++) {
             const float *qr = q + r * D;
             float dot = 0.0f;
@@ -90,18 +103,18 @@ static void dense_scores(int64_t R, int64_t D, int64_t T, int64_t dtype, const f
 /* out [R, D] = p [R, T] @ values [T, D], four tokens at a time: each partial sum is loaded and stored once per
  * four tokens, not once per token. */
 static void dense_values(int64_t R, int64_t D, int64_t T, int64_t dtype, const float *p, const char *values,
-                         int64_t stride, float *out) {
+                         int64_t stride, const int64_t *index, float *out) {
     float acc[MAX_ROWS][MAX_DIM], rows[4][MAX_DIM];
     const size_t step = (size_t)stride * element_size(dtype);
     for (int64_t r = 0; r < R; r++)
         for (int64_t d = 0; d < D; d++) acc[r][d] = 0.0f;
     int64_t t = 0;
     for (; t + 4 <= T; t += 4) {
-        for (int k = 0; k < 4; k++) prefetch(values + (t + PREFETCH_TOKENS + k) * step, (size_t)D * element_size(dtype));
-        const float *v0 = as_float(values + t * step, dtype, D, rows[0]);
-        const float *v1 = as_float(values + (t + 1) * step, dtype, D, rows[1]);
-        const float *v2 = as_float(values + (t + 2) * step, dtype, D, rows[2]);
-        const float *v3 = as_float(values + (t + 3) * step, dtype, D, rows[3]);
+        for (int k = 0; k < 4; k++) prefetch_ahead(values, step, index, t + k, T, (size_t)D * element_size(dtype));
+        const float *v0 = as_float(row_at(values, step, index, t), dtype, D, rows[0]);
+        const float *v1 = as_float(row_at(values, step, index, t + 1), dtype, D, rows[1]);
+        const float *v2 = as_float(row_at(values, step, index, t + 2), dtype, D, rows[2]);
+        const float *v3 = as_float(row_at(values, step, index, t + 3), dtype, D, rows[3]);
         for (int64_t r = 0; r < R; r++) {
             const float *w = p + r * T + t;
             float *restrict a = acc[r];
@@ -109,7 +122,7 @@ static void dense_values(int64_t R, int64_t D, int64_t T, int64_t dtype, const f
         }
     }
     for (; t < T; t++) {
-        const float *v = as_float(values + t * step, dtype, D, rows[0]);
+        const float *v = as_float(row_at(values, step, index, t), dtype, D, rows[0]);
         for (int64_t r = 0; r < R; r++) {
             const float w = p[r * T + t];
             for (int64_t d = 0; d < D; d++) acc[r][d] += w * v[d];
@@ -119,34 +132,45 @@ static void dense_values(int64_t R, int64_t D, int64_t T, int64_t dtype, const f
         for (int64_t d = 0; d < D; d++) out[r * D + d] = acc[r][d];
 }
 
-/* Strides are in elements. q [B, H, R, D] float32 contiguous, unscaled (the scores are multiplied by `scale`); keys and values [B, H, T, D] in
- * `dtype` (0 float32, 1 bfloat16) with their (b, h, token) strides in `strides` (keys' three, then values'), the
- * channels contiguous; scores [B, H, R, T] float32 scratch; out [B, H, R, D] float32 = softmax(q k^T) v. No mask:
- * every query row sees all T keys (the callers send masked steps to the PyTorch path). Heads b * H + h in
- * [first, last) only. Returns 0, or a negative number for shapes it does not take. */
+/* Strides are in elements. q [B, H, R, D] float32 contiguous, unscaled (the scores are multiplied by `scale`); keys
+ * and values [B, Hk, N, D] in `dtype` (0 float32, 1 bfloat16) with their (b, h, token) strides in `strides` (keys'
+ * three, then values'), the channels contiguous. Query head slot h reads KV head heads[h] (or h where `heads` is
+ * NULL) at the tokens index[b * H + h, 0..T) (or 0..T where `index` is NULL); keep [B * H, T] (uint8, or NULL for
+ * all) hides the tokens it marks 0. Out: out [B, H, R, D] float32 = softmax(q k^T * scale) v (zeros for a row that
+ * sees no token); scores [B, H, R, T] float32 holds the softmax's probabilities; raw [B, H, R, T] float32 (unless
+ * NULL) the scaled scores before it (-inf where hidden). Heads b * H + h in [first, last) only. Returns 0, or a
+ * negative number for shapes it does not take. */
 int hh_dense_attention(int64_t B, int64_t H, int64_t R, int64_t D, int64_t T, int64_t dtype, float scale, const float *q,
-                       const void *keys, const void *values, const int64_t *strides, float *scores, float *out,
+                       const void *keys, const void *values, const int64_t *strides, const int64_t *heads,
+                       const int64_t *index, const uint8_t *keep, float *scores, float *raw, float *out,
                        int64_t first, int64_t last) {
     if (R < 1 || R > MAX_ROWS || D < 1 || D > MAX_DIM || T < 1 || (dtype != DTYPE_FLOAT32 && dtype != DTYPE_BFLOAT16)
         || first < 0 || last > B * H)
         return -1;
     const size_t size = element_size(dtype);
     for (int64_t bh = first; bh < last; bh++) {
-        const int64_t b = bh / H, h = bh % H;
+        const int64_t b = bh / H, h = heads ? heads[bh % H] : bh % H;
         const char *k = (const char *)keys + (b * strides[0] + h * strides[1]) * size;
         const char *v = (const char *)values + (b * strides[3] + h * strides[4]) * size;
+        const int64_t *tokens = index ? index + bh * T : NULL;
         float *s = scores + bh * R * T, *o = out + bh * R * D;
         float m[MAX_ROWS], l[MAX_ROWS], alpha[MAX_ROWS];
         for (int64_t r = 0; r < R; r++) {
             m[r] = -INFINITY;
             l[r] = 0.0f;
         }
-        dense_scores(R, D, T, dtype, q + bh * R * D, k, strides[2], s);
-        for (int64_t i = 0; i < R * T; i++) s[i] *= scale;
-        online_softmax(R, T, s, m, l, alpha);
-        dense_values(R, D, T, dtype, s, v, strides[5], o);
+        dense_scores(R, D, T, dtype, q + bh * R * D, k, strides[2], tokens, s);
         for (int64_t r = 0; r < R; r++)
-            for (int64_t d = 0; d < D; d++) o[r * D + d] /= l[r];
+            for (int64_t t = 0; t < T; t++)
+                s[r * T + t] = (keep && !keep[bh * T + t]) ? -INFINITY : s[r * T + t] * scale;
+        if (raw) memcpy(raw + bh * R * T, s, sizeof(float) * (size_t)(R * T));
+        online_softmax(R, T, s, m, l, alpha);
+        dense_values(R, D, T, dtype, s, v, strides[5], tokens, o);
+        for (int64_t r = 0; r < R; r++) {
+            const float inverse = l[r] > 0.0f ? 1.0f / l[r] : 0.0f; /* a row that sees nothing: zeros */
+            for (int64_t d = 0; d < D; d++) o[r * D + d] *= inverse;
+            for (int64_t t = 0; t < T; t++) s[r * T + t] *= inverse;
+        }
     }
     return 0;
 }
