@@ -38,8 +38,8 @@ def add_sparse_args(parser) -> None:
     group.add_argument(*flag("dense_every"), type=int, help="a dense correction step every N tokens (default: never)")
     group.add_argument(*flag("dense_share"), type=float,
                        help="a step runs dense when the budget is at least this share of the context, where selecting "
-                            "costs more than it saves (about 0.25 on a CPU); 1.0: sparse up to a budget covering "
-                            "every key (default: 0.5)")
+                            "costs more than it saves (about 0.375 on a CPU with the native kernels); 1.0: sparse up to "
+                            "a budget covering every key (default: 0.4)")
 
 
 def _plan_json(path) -> dict:

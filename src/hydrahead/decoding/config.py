@@ -50,11 +50,11 @@ class SparseConfig:
     dense_every: every N-th decode step runs dense in every head (a cache correction), None for never.
     fallback: attend densely when the budget covers `dense_share` of the context or more (off only to test the
     sparse path).
-    dense_share: the share of the context from which a budget runs dense (default 0.5). On this CPU sparse steps
-    stop paying once sparse heads read about a quarter of the keys (Qwen3-0.6B shape, 8 layers, 8K tokens, against
-    the dense decode attention: budget 2,048 1.01x, 3,072 0.88x, 4,096 0.87x; at 32K, 4,096 is 1.30x;
-    benchmarks/sparse_decode.py); 0.5 keeps budgets below half the context sparse, as they were, and 0.25 follows
-    that break-even. 1.0 runs sparse up to a budget that covers every key.
+    dense_share: the share of the context from which a budget runs dense (default 0.4). Sparse steps stop paying
+    where sparse heads read about 3/8 of the keys: Qwen3-0.6B shape, 8 layers, 8K tokens, float32, against the
+    dense decode attention, both on the native kernels (benchmarks/sparse_decode.py, quiet): budget 2,048 1.07x,
+    3,072 1.00x, 4,096 0.95x; at 32K a budget of 4,096 is 1.45x, at 131K 2.20x. 1.0 runs sparse up to a budget
+    that covers every key.
     score: how retrieval heads rank tokens, "attention" (softmax mass summed over the GQA group) or "authors"
     (the group's mean query . each key, no 1/sqrt(d), no softmax, the current token included).
     """
@@ -66,7 +66,7 @@ class SparseConfig:
     recent: int = 32
     dense_every: int | None = None
     fallback: bool = True
-    dense_share: float = 0.5
+    dense_share: float = 0.4
     score: str = "attention"
 
     def __post_init__(self):
