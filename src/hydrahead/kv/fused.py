@@ -75,7 +75,8 @@ def fast_chunk(q: torch.Tensor, keys: QTensor, values: QTensor, bias: torch.Tens
                l: torch.Tensor, acc: torch.Tensor, key_format: KVFormat, value_format: KVFormat, fast: bool | None):
     """One chunk of a decode step on the fastest path that takes it, or None (the caller runs the reference).
 
-    The native kernel (`hydrahead.kv.native`: int4 values with int4 or tq4 keys, built on first use) unless
+    The native kernel (`hydrahead.kv.native`: int4 values with int4 or tq4 keys, or bf16 or fp8 keys and values;
+    built on first use) unless
     fast=False or HYDRAHEAD_NATIVE=0; then, when `enabled(fast)`, the inductor-compiled `chunk_step` for any pair of
     formats."""
     if fast is not False and native.takes(key_format, value_format, q.shape[2], q.device):

@@ -94,8 +94,8 @@ def _build() -> ctypes.CDLL:
     library = ctypes.CDLL(str(target))
     # (leading int64 shape arguments, pointers); every function ends with the int64 head range [first, last)
     signatures = {"hh_int4_chunk": (7, 12), "hh_codebook_int4_chunk": (6, 12), "hh_int4_scores": (6, 6),
-                  "hh_codebook_scores": (5, 6), "hh_int4_values": (6, 6), "hh_dense_attention": (6, 10),
-                  "hh_linear": (4, 3)}
+                  "hh_codebook_scores": (5, 6), "hh_int4_values": (6, 6), "hh_dense_attention": (7, 10),
+                  "hh_dense_chunk": (6, 10), "hh_linear": (4, 3)}
     floats = {"hh_dense_attention": 1}  # float arguments between the ints and the pointers
     for name, (ints, pointers) in signatures.items():
         fn = getattr(library, name)
@@ -145,8 +145,12 @@ def _ready(rows: int, device: torch.device) -> bool:
 
 
 def takes(key_format: KVFormat, value_format: KVFormat, rows: int, device: torch.device) -> bool:
-    """Whether `chunk` serves this pair of formats and query rows per KV head (and the kernel could be built)."""
-    return takes_keys(key_format) and takes_values(value_format) and _ready(rows, device)
+    """Whether `chunk` serves this pair of formats and query rows per KV head (and the kernel could be built): int4
+    values with int4 or tq4 keys, or keys and values both bf16 or both fp8 (`dense.chunk`)."""
+    from .dense import takes_chunk
+
+    return ((takes_keys(key_format) and takes_values(value_format)) or takes_chunk(key_format, value_format)) and \
+        _ready(rows, device)
 
 
 def _over_threads(run, heads: int, tokens: int) -> None:
@@ -208,6 +212,10 @@ def chunk(q: torch.Tensor, keys: QTensor, values: QTensor, bias: torch.Tensor | 
     to [B, H, R, t] or None, m and l [B, H, R, 1], acc [B, H, R, D] -> the updated (m, l, acc)), computed by the
     compiled kernel for a pair `takes` accepted; None when this chunk's layout is not one it takes (the caller then
     runs the reference)."""
+    from . import dense
+
+    if dense.takes_chunk(key_format, value_format):
+        return dense.chunk(q, keys, values, bias, m, l, acc)
     B, H, R, D = q.shape
     t = keys.num_tokens
     layout = _stored(keys, key_format, values)

@@ -58,12 +58,14 @@ def attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: 
             t = t.to(torch.uint8).expand(B, H, T).contiguous()
         keep_alive.append(t)
         pointers.append(t.data_ptr())
+    bf16_query = q.dtype == torch.bfloat16  # its numbers stay exact where the kernel rounds to bfloat16
     q = q.float().contiguous()
     strides = torch.tensor([*key.stride()[:3], *value.stride()[:3]], dtype=torch.int64)
     probs = q.new_empty(B, H, R, T)
     raw = q.new_empty(B, H, R, T) if with_scores else None
     out = q.new_empty(B, H, R, D)
-    run = functools.partial(_kernels().hh_dense_attention, B, H, R, D, T, DTYPES[key.dtype], scaling, q.data_ptr(),
+    run = functools.partial(_kernels().hh_dense_attention, B, H, R, D, T, DTYPES[key.dtype], bf16_query, scaling,
+                            q.data_ptr(),
                             key.data_ptr(), value.data_ptr(), strides.data_ptr(), *pointers, probs.data_ptr(),
                             None if raw is None else raw.data_ptr(), out.data_ptr())
     _over_threads(run, B * H, T)
@@ -94,3 +96,52 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 def bf16_dot_product() -> bool:
     """Whether bfloat16 products run on the CPU's AVX512-BF16 dot-product instruction here (else widened by a shift)."""
     return _available()[0] and bool(_kernels().hh_linear_bf16_dot())
+
+
+CHUNK_DTYPES = {**DTYPES, torch.float8_e4m3fn: 2}  # payloads hh_dense_chunk reads (fp8 with a scale per token)
+CHUNK_FORMATS = ("bf16", "fp8")  # the KV formats whose payloads those are
+
+
+def takes_chunk(key_format, value_format) -> bool:
+    """Keys and values both bf16, or both fp8: the quantized cache's formats that store plain numbers."""
+    return key_format.name == value_format.name and key_format.name in CHUNK_FORMATS
+
+
+def _per_token_scale(x, B: int, H: int, t: int) -> torch.Tensor | None | bool:
+    """A QTensor's scale as float32 [B, H, t] (one per tensor, head or token), None without one, False for a shape
+    the kernel cannot take."""
+    scale = x.scales.get("scale")
+    if scale is None:
+        return None
+    try:
+        return scale.float().expand(B, H, t, 1).reshape(B, H, t).contiguous()
+    except RuntimeError:
+        return False
+
+
+def chunk(q: torch.Tensor, keys, values, bias: torch.Tensor | None, m: torch.Tensor, l: torch.Tensor,
+          acc: torch.Tensor):
+    """`fused.chunk_step`'s contract for bf16 or fp8 keys and values (QTensors whose payloads are those numbers):
+    q [B, H, R, D] scaled; bias broadcastable to [B, H, R, t] or None; m, l [B, H, R, 1], acc [B, H, R, D] -> the
+    updated (m, l, acc); None where the kernel does not take the chunk's layout."""
+    B, H, R, D = q.shape
+    kp, vp = keys.payload, values.payload
+    if not (kp.dtype in CHUNK_DTYPES and vp.dtype == kp.dtype and kp.dim() == 4 and kp.shape == vp.shape
+            and kp.shape[:2] == (B, H) and kp.shape[3] == D and D <= MAX_DIM and kp.shape[2] > 0
+            and kp.stride(-1) == 1 and vp.stride(-1) == 1 and _ready(R, q.device)):
+        return None
+    t = kp.shape[2]
+    key_scale, value_scale = _per_token_scale(keys, B, H, t), _per_token_scale(values, B, H, t)
+    if key_scale is False or value_scale is False:
+        return None
+    q = q.float().contiguous()
+    m, l, acc = m.float().contiguous().clone(), l.float().contiguous().clone(), acc.float().contiguous().clone()
+    if bias is not None:
+        bias = bias.float().expand(B, H, R, t).contiguous()
+    strides = torch.tensor([*kp.stride()[:3], *vp.stride()[:3]], dtype=torch.int64)
+    run = functools.partial(_kernels().hh_dense_chunk, B, H, R, D, t, CHUNK_DTYPES[kp.dtype], q.data_ptr(),
+                            kp.data_ptr(), vp.data_ptr(), strides.data_ptr(),
+                            *[None if x is None else x.data_ptr() for x in (key_scale, value_scale, bias)],
+                            m.data_ptr(), l.data_ptr(), acc.data_ptr())
+    _over_threads(run, B * H, t)
+    return m, l, acc

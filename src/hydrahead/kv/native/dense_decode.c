@@ -22,6 +22,7 @@
 
 #define DTYPE_FLOAT32 0
 #define DTYPE_BFLOAT16 1
+#define DTYPE_E4M3 2 /* float8_e4m3fn, read with a per-token scale (the fp8 KV cache) */
 #define MAX_DIM 256 /* head_dim up to 256 */
 /* tokens ahead whose rows are asked for early: the hardware prefetcher alone leaves a single core's stream at about
  * two thirds of the bandwidth a plain sum reaches (8 was best of 4-32 for 128 float32 channels) */
@@ -39,11 +40,26 @@ static inline float bf16_to_float(uint16_t h) {
     return f;
 }
 
-static inline size_t element_size(int64_t dtype) { return dtype == DTYPE_FLOAT32 ? 4 : 2; }
+static inline size_t element_size(int64_t dtype) { return dtype == DTYPE_FLOAT32 ? 4 : dtype == DTYPE_BFLOAT16 ? 2 : 1; }
+
+/* float8_e4m3fn to float32: its exponent and mantissa bits placed where float32's sit give the value times 2^-120
+ * (subnormals included), so one multiply by 2^120 finishes it. 0x7f / 0xff (NaN) read as +-480; the encoder
+ * saturates at 448 and never writes them. */
+static inline float e4m3_to_float(uint8_t b) {
+    const uint32_t bits = ((uint32_t)(b & 0x7f) << 20) | ((uint32_t)(b & 0x80) << 24);
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f * 0x1p120f;
+}
 
 /* `n` elements at `src` as float32: the row itself for float32, else widened into `buffer`. */
 static inline const float *as_float(const void *src, int64_t dtype, int64_t n, float *restrict buffer) {
     if (dtype == DTYPE_FLOAT32) return (const float *)src;
+    if (dtype == DTYPE_E4M3) {
+        const uint8_t *b = (const uint8_t *)src;
+        for (int64_t i = 0; i < n; i++) buffer[i] = e4m3_to_float(b[i]);
+        return buffer;
+    }
     const uint16_t *h = (const uint16_t *)src;
     for (int64_t i = 0; i < n; i++) buffer[i] = bf16_to_float(h[i]);
     return buffer;
@@ -62,14 +78,14 @@ static inline void prefetch_ahead(const char *base, size_t step, const int64_t *
 }
 
 /* scores [R, T] = q [R, D] . keys [T, D] (token stride `stride` elements; the tokens index[0..T) where an index
- * is given); for bfloat16 keys on AVX512-BF16 the query rows are rounded to bfloat16 (exact for a bfloat16 model's
- * queries, which the caller passes unscaled) */
-static void dense_scores(int64_t R, int64_t D, int64_t T, int64_t dtype, const float *q, const char *keys,
-                         int64_t stride, const int64_t *index, float *scores) {
+ * is given). With `bf16_query` (the query rows are bfloat16 numbers: a bfloat16 model's queries, passed unscaled)
+ * bfloat16 keys are scored on AVX512-BF16's dot-product instruction, exactly; otherwise widened to float32. */
+static void dense_scores(int64_t R, int64_t D, int64_t T, int64_t dtype, int bf16_query, const float *q,
+                         const char *keys, int64_t stride, const int64_t *index, float *scores) {
     float row[MAX_DIM];
     const size_t step = (size_t)stride * element_size(dtype);
 #ifdef HAVE_BF16_DOT
-    if (dtype == DTYPE_BFLOAT16 && D % 32 == 0) { /* the query rows rounded to bfloat16 once, 32 products a step */
+    if (dtype == DTYPE_BFLOAT16 && bf16_query && D % 32 == 0) { /* 32 products a step */
         __m512bh qh[MAX_ROWS][MAX_DIM / 32];
         for (int64_t r = 0; r < R; r++)
             for (int64_t j = 0; j < D / 32; j++)
@@ -100,14 +116,14 @@ static void dense_scores(int64_t R, int64_t D, int64_t T, int64_t dtype, const f
     }
 }
 
-/* out [R, D] = p [R, T] @ values [T, D], four tokens at a time: each partial sum is loaded and stored once per
- * four tokens, not once per token. */
+/* acc [R, D] = alpha * acc + p [R, T] @ (scale_t * values_t) [T, D] (alpha NULL: acc starts from zero; scale NULL:
+ * 1), four tokens at a time: each partial sum is loaded and stored once per four tokens, not once per token. */
 static void dense_values(int64_t R, int64_t D, int64_t T, int64_t dtype, const float *p, const char *values,
-                         int64_t stride, const int64_t *index, float *out) {
+                         int64_t stride, const int64_t *index, const float *scale, const float *alpha, float *out) {
     float acc[MAX_ROWS][MAX_DIM], rows[4][MAX_DIM];
     const size_t step = (size_t)stride * element_size(dtype);
     for (int64_t r = 0; r < R; r++)
-        for (int64_t d = 0; d < D; d++) acc[r][d] = 0.0f;
+        for (int64_t d = 0; d < D; d++) acc[r][d] = alpha ? alpha[r] * out[r * D + d] : 0.0f;
     int64_t t = 0;
     for (; t + 4 <= T; t += 4) {
         for (int k = 0; k < 4; k++) prefetch_ahead(values, step, index, t + k, T, (size_t)D * element_size(dtype));
@@ -115,16 +131,19 @@ static void dense_values(int64_t R, int64_t D, int64_t T, int64_t dtype, const f
         const float *v1 = as_float(row_at(values, step, index, t + 1), dtype, D, rows[1]);
         const float *v2 = as_float(row_at(values, step, index, t + 2), dtype, D, rows[2]);
         const float *v3 = as_float(row_at(values, step, index, t + 3), dtype, D, rows[3]);
+        const float s0 = scale ? scale[t] : 1.0f, s1 = scale ? scale[t + 1] : 1.0f;
+        const float s2 = scale ? scale[t + 2] : 1.0f, s3 = scale ? scale[t + 3] : 1.0f;
         for (int64_t r = 0; r < R; r++) {
-            const float *w = p + r * T + t;
+            const float *pr = p + r * T + t;
+            const float w0 = pr[0] * s0, w1 = pr[1] * s1, w2 = pr[2] * s2, w3 = pr[3] * s3;
             float *restrict a = acc[r];
-            for (int64_t d = 0; d < D; d++) a[d] += w[0] * v0[d] + w[1] * v1[d] + w[2] * v2[d] + w[3] * v3[d];
+            for (int64_t d = 0; d < D; d++) a[d] += w0 * v0[d] + w1 * v1[d] + w2 * v2[d] + w3 * v3[d];
         }
     }
     for (; t < T; t++) {
         const float *v = as_float(row_at(values, step, index, t), dtype, D, rows[0]);
         for (int64_t r = 0; r < R; r++) {
-            const float w = p[r * T + t];
+            const float w = p[r * T + t] * (scale ? scale[t] : 1.0f);
             for (int64_t d = 0; d < D; d++) acc[r][d] += w * v[d];
         }
     }
@@ -132,7 +151,8 @@ static void dense_values(int64_t R, int64_t D, int64_t T, int64_t dtype, const f
         for (int64_t d = 0; d < D; d++) out[r * D + d] = acc[r][d];
 }
 
-/* Strides are in elements. q [B, H, R, D] float32 contiguous, unscaled (the scores are multiplied by `scale`); keys
+/* Strides are in elements. q [B, H, R, D] float32 contiguous, unscaled (the scores are multiplied by `scale`;
+ * bf16_query: its numbers are bfloat16 ones, see dense_scores); keys
  * and values [B, Hk, N, D] in `dtype` (0 float32, 1 bfloat16) with their (b, h, token) strides in `strides` (keys'
  * three, then values'), the channels contiguous. Query head slot h reads KV head heads[h] (or h where `heads` is
  * NULL) at the tokens index[b * H + h, 0..T) (or 0..T where `index` is NULL); keep [B * H, T] (uint8, or NULL for
@@ -140,11 +160,11 @@ static void dense_values(int64_t R, int64_t D, int64_t T, int64_t dtype, const f
  * sees no token); scores [B, H, R, T] float32 holds the softmax's probabilities; raw [B, H, R, T] float32 (unless
  * NULL) the scaled scores before it (-inf where hidden). Heads b * H + h in [first, last) only. Returns 0, or a
  * negative number for shapes it does not take. */
-int hh_dense_attention(int64_t B, int64_t H, int64_t R, int64_t D, int64_t T, int64_t dtype, float scale, const float *q,
-                       const void *keys, const void *values, const int64_t *strides, const int64_t *heads,
-                       const int64_t *index, const uint8_t *keep, float *scores, float *raw, float *out,
-                       int64_t first, int64_t last) {
-    if (R < 1 || R > MAX_ROWS || D < 1 || D > MAX_DIM || T < 1 || (dtype != DTYPE_FLOAT32 && dtype != DTYPE_BFLOAT16)
+int hh_dense_attention(int64_t B, int64_t H, int64_t R, int64_t D, int64_t T, int64_t dtype, int64_t bf16_query,
+                       float scale, const float *q, const void *keys, const void *values, const int64_t *strides,
+                       const int64_t *heads, const int64_t *index, const uint8_t *keep, float *scores, float *raw,
+                       float *out, int64_t first, int64_t last) {
+    if (R < 1 || R > MAX_ROWS || D < 1 || D > MAX_DIM || T < 1 || dtype < DTYPE_FLOAT32 || dtype > DTYPE_E4M3
         || first < 0 || last > B * H)
         return -1;
     const size_t size = element_size(dtype);
@@ -159,19 +179,56 @@ int hh_dense_attention(int64_t B, int64_t H, int64_t R, int64_t D, int64_t T, in
             m[r] = -INFINITY;
             l[r] = 0.0f;
         }
-        dense_scores(R, D, T, dtype, q + bh * R * D, k, strides[2], tokens, s);
+        dense_scores(R, D, T, dtype, (int)bf16_query, q + bh * R * D, k, strides[2], tokens, s);
         for (int64_t r = 0; r < R; r++)
             for (int64_t t = 0; t < T; t++)
                 s[r * T + t] = (keep && !keep[bh * T + t]) ? -INFINITY : s[r * T + t] * scale;
         if (raw) memcpy(raw + bh * R * T, s, sizeof(float) * (size_t)(R * T));
         online_softmax(R, T, s, m, l, alpha);
-        dense_values(R, D, T, dtype, s, v, strides[5], tokens, o);
+        dense_values(R, D, T, dtype, s, v, strides[5], tokens, NULL, NULL, o);
         for (int64_t r = 0; r < R; r++) {
             const float inverse = l[r] > 0.0f ? 1.0f / l[r] : 0.0f; /* a row that sees nothing: zeros */
             for (int64_t d = 0; d < D; d++) o[r * D + d] *= inverse;
             for (int64_t t = 0; t < T; t++) s[r * T + t] *= inverse;
         }
     }
+    return 0;
+}
+
+/* One chunk of a decode step's online softmax over keys and values in `dtype` (0 float32, 1 bfloat16, 2
+ * float8_e4m3fn): `hh_int4_chunk`'s contract (int4_decode.c) for the caches that store the model's numbers or fp8.
+ * q [B, H, R, D] float32 contiguous, already scaled; keys and values [B, H, T, D] with their (b, h, token) strides
+ * in `strides` (keys' three, then values'); key_scale and value_scale [B, H, T] float32 contiguous (fp8's scale per
+ * token) or NULL; bias [B, H, R, T] contiguous or NULL; m and l [B, H, R], acc [B, H, R, D], contiguous, updated in
+ * place. Heads b * H + h in [first, last) only. Returns 0, or a negative number for shapes it does not take. */
+int hh_dense_chunk(int64_t B, int64_t H, int64_t R, int64_t D, int64_t T, int64_t dtype, const float *q,
+                   const void *keys, const void *values, const int64_t *strides, const float *key_scale,
+                   const float *value_scale, const float *bias, float *m, float *l, float *acc, int64_t first,
+                   int64_t last) {
+    if (R < 1 || R > MAX_ROWS || D < 1 || D > MAX_DIM || T < 1 || dtype < DTYPE_FLOAT32 || dtype > DTYPE_E4M3
+        || first < 0 || last > B * H)
+        return -1;
+    float *scores = malloc(sizeof(float) * (size_t)(R * T));
+    if (!scores) return -2;
+    const size_t size = element_size(dtype);
+    float alpha[MAX_ROWS];
+    for (int64_t bh = first; bh < last; bh++) {
+        const int64_t b = bh / H, h = bh % H;
+        const char *k = (const char *)keys + (b * strides[0] + h * strides[1]) * size;
+        const char *v = (const char *)values + (b * strides[3] + h * strides[4]) * size;
+        dense_scores(R, D, T, dtype, 0, q + bh * R * D, k, strides[2], NULL, scores); /* q is scaled: widen keys */
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t t = 0; t < T; t++) {
+                float x = scores[r * T + t];
+                if (key_scale) x *= key_scale[bh * T + t];
+                if (bias) x += bias[(bh * R + r) * T + t];
+                scores[r * T + t] = x;
+            }
+        online_softmax(R, T, scores, m + bh * R, l + bh * R, alpha);
+        dense_values(R, D, T, dtype, scores, v, strides[5], NULL, value_scale ? value_scale + bh * T : NULL, alpha,
+                     acc + bh * R * D);
+    }
+    free(scores);
     return 0;
 }
 
