@@ -196,3 +196,84 @@ def test_sparse_decodings_dense_read_with_the_kernel_equals_it_without(keys, mon
     slow = attend_with_scores(view, q, valid, 0.125)
     for a, b in zip(fast, slow):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["mxfp4", "nvfp4"])
+@pytest.mark.parametrize("D,R", [(128, 2), (64, 3), (32, 8)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_kernel_equals_the_chunk_function_for_fp4(name, D, R, masked):
+    """E2M1 codes with a scale per token per group of channels (UE8M0 per 32, or E4M3 per 16 times a tensor scale)."""
+    need_kernel()
+    fmt = get_format(name, D)
+    g = torch.Generator().manual_seed(D + R)
+    B, H, t = 2, 2, 77
+    keys = fmt.quantize(torch.randn(B, H, t, D, generator=g) * 2 + torch.randn(D, generator=g) * 3)
+    values = fmt.quantize(torch.randn(B, H, t, D, generator=g))
+    q = torch.randn(B, H, R, D, generator=g) * D**-0.5
+    m = torch.randn(B, H, R, 1, generator=g)
+    m[-1, 0, -1] = float("-inf")
+    l = torch.rand(B, H, R, 1, generator=g) * torch.isfinite(m)
+    acc = torch.randn(B, H, R, D, generator=g) * torch.isfinite(m)
+    bias = None
+    if masked:
+        bias = torch.zeros(B, 1, 1, t)
+        bias[0, ..., :11] = float("-inf")
+    assert native.takes(fmt, fmt, R, q.device)
+    got = native.chunk(q, keys, values, bias, m, l, acc, fmt, fmt)
+    want = reference(q, keys, values, bias, m, l, acc, fmt, fmt)
+    assert got is not None
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mxfp4", "nvfp4"])
+def test_attention_over_an_fp4_cache_with_the_kernel_equals_the_reference(monkeypatch, name):
+    need_kernel()
+    g = torch.Generator().manual_seed(5)
+    layer = QuantizedKVLayer(0, get_format(name, 64), get_format(name, 64), window=16, sink=2, block_size=32)
+    k, v = torch.randn(2, 2, 300, 64, generator=g), torch.randn(2, 2, 300, 64, generator=g)
+    layer.update(k[:, :, :-1], v[:, :, :-1])
+    view = layer.update(k[:, :, -1:], v[:, :, -1:])[0]
+    query = torch.randn(2, 4, 1, 64, generator=g) * 3
+    mask = torch.ones(2, 1, 1, view.num_tokens, dtype=torch.bool)
+    mask[1, :, :, :40] = False
+    calls = []
+    real = native._grouped_chunk
+    monkeypatch.setattr(native, "_grouped_chunk", lambda *a: calls.append(1) or real(*a))
+    got = online_softmax_attention(query, view, mask, 0.125)
+    assert calls
+    torch.testing.assert_close(got, online_softmax_attention(query, view, mask, 0.125, fast=False), atol=1e-5,
+                               rtol=1e-5)
+
+
+def test_the_plain_c_paths_equal_the_references_too(monkeypatch, tmp_path):
+    """Built without AVX-512 (as on a CPU without it), every kernel takes its plain loops: they must agree as well."""
+    if native._compiler() is None or "avx512f" not in native._cpu_key():
+        pytest.skip("needs a C compiler and a CPU whose AVX-512 paths the default build takes")
+    import torch.nn.functional as F
+
+    from hydrahead.kv.native import dense
+
+    monkeypatch.setenv("HYDRAHEAD_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "FLAGS", native.FLAGS + ("-mno-avx512f",))
+    monkeypatch.setattr(native, "_library", None)
+    monkeypatch.setattr(native, "_failure", None)
+    assert native.available()[0] and not dense.bf16_dot_product()
+    for key_group in (32, None):  # int4 and tq4 keys
+        inputs = chunk_inputs(1, 2, 2, 128, 96, key_group, 32)
+        for a, b in zip(native.chunk(*inputs[:3], None, *inputs[3:]), reference(*inputs[:3], None, *inputs[3:])):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    fmt = get_format("nvfp4", 64)
+    q, _, _, m, l, acc, _, _ = chunk_inputs(1, 2, 2, 64, 40, 32, 32)
+    keys, values = fmt.quantize(torch.randn(1, 2, 40, 64)), fmt.quantize(torch.randn(1, 2, 40, 64))
+    for a, b in zip(native.chunk(q, keys, values, None, m, l, acc, fmt, fmt),
+                    reference(q, keys, values, None, m, l, acc, fmt, fmt)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for dtype in (torch.float32, torch.bfloat16):
+        weight, x = torch.randn(70, 96).to(dtype), torch.randn(2, 96).to(dtype)
+        torch.testing.assert_close(dense.linear(x, weight).float(), F.linear(x.float(), weight.float()), atol=2e-2,
+                                   rtol=1e-2)
+        k, v = torch.randn(1, 2, 50, 64).to(dtype), torch.randn(1, 2, 50, 64).to(dtype)
+        query = torch.randn(1, 2, 2, 64).to(dtype)
+        want = torch.softmax((query.float() @ k.float().mT) / 8, -1) @ v.float()
+        torch.testing.assert_close(dense.attention(query, k, v, 1 / 8), want, atol=1e-4, rtol=1e-4)

@@ -95,7 +95,7 @@ def _build() -> ctypes.CDLL:
     # (leading int64 shape arguments, pointers); every function ends with the int64 head range [first, last)
     signatures = {"hh_int4_chunk": (7, 12), "hh_codebook_int4_chunk": (6, 12), "hh_int4_scores": (6, 6),
                   "hh_codebook_scores": (5, 6), "hh_int4_values": (6, 6), "hh_dense_attention": (7, 10),
-                  "hh_dense_chunk": (6, 10), "hh_linear": (4, 3)}
+                  "hh_dense_chunk": (6, 10), "hh_grouped_chunk": (7, 13), "hh_linear": (4, 3)}
     floats = {"hh_dense_attention": 1}  # float arguments between the ints and the pointers
     for name, (ints, pointers) in signatures.items():
         fn = getattr(library, name)
@@ -149,13 +149,23 @@ def takes(key_format: KVFormat, value_format: KVFormat, rows: int, device: torch
     values with int4 or tq4 keys, or keys and values both bf16 or both fp8 (`dense.chunk`)."""
     from .dense import takes_chunk
 
-    return ((takes_keys(key_format) and takes_values(value_format)) or takes_chunk(key_format, value_format)) and \
-        _ready(rows, device)
+    return ((takes_keys(key_format) and takes_values(value_format)) or takes_chunk(key_format, value_format)
+            or takes_grouped(key_format, value_format)) and _ready(rows, device)
 
 
-def _over_threads(run, heads: int, tokens: int) -> None:
+GROUPED = {"mxfp4": (32, 1), "nvfp4": (16, 2)}  # FP4 format -> (channels per scale, int4_decode.c's scale kind)
+
+
+def takes_grouped(key_format: KVFormat, value_format: KVFormat) -> bool:
+    """Keys and values both mxfp4 or both nvfp4: E2M1 codes with a scale per token per group of channels."""
+    return (key_format.name == value_format.name and key_format.name in GROUPED and key_format.head_dim % 32 == 0
+            and key_format.head_dim <= 2 * 128)
+
+
+def _over_threads(run, heads: int, tokens: int, align: int = 1) -> None:
     """run(first, last) over the heads [0, heads), split over torch's thread count (ctypes releases the GIL while
-    the kernel runs); a small call runs on the calling thread, where a thread hand-off would cost more."""
+    the kernel runs); a small call runs on the calling thread, where a thread hand-off would cost more. The parts
+    start at multiples of `align` (a kernel that takes rows four at a time sums a row alike in every split)."""
     global _pool, _pool_size
     parts = min(torch.get_num_threads(), heads, heads * tokens // MIN_TOKENS_PER_THREAD)
     if parts <= 1:
@@ -164,7 +174,7 @@ def _over_threads(run, heads: int, tokens: int) -> None:
         if _pool is None or _pool_size < parts:
             _pool = concurrent.futures.ThreadPoolExecutor(parts, thread_name_prefix="hydrahead-native")
             _pool_size = parts
-        bounds = [heads * i // parts for i in range(parts + 1)]
+        bounds = [heads * i // parts // align * align for i in range(parts)] + [heads]
         codes = list(_pool.map(run, bounds[:-1], bounds[1:]))
     if any(codes):
         raise RuntimeError(f"the native kernel refused its arguments (codes {codes}) after its checks accepted them")
@@ -216,6 +226,8 @@ def chunk(q: torch.Tensor, keys: QTensor, values: QTensor, bias: torch.Tensor | 
 
     if dense.takes_chunk(key_format, value_format):
         return dense.chunk(q, keys, values, bias, m, l, acc)
+    if takes_grouped(key_format, value_format):
+        return _grouped_chunk(q, keys, values, bias, m, l, acc, key_format)
     B, H, R, D = q.shape
     t = keys.num_tokens
     layout = _stored(keys, key_format, values)
@@ -236,6 +248,36 @@ def chunk(q: torch.Tensor, keys: QTensor, values: QTensor, bias: torch.Tensor | 
     else:
         run = functools.partial(_library.hh_int4_chunk, B, H, R, D, t, key_format.group_size, value_format.group_size,
                                 q.data_ptr(), *key_pointers, *tail)
+    _over_threads(run, B * H, t)
+    return m, l, acc
+
+
+def _grouped_chunk(q: torch.Tensor, keys: QTensor, values: QTensor, bias: torch.Tensor | None, m: torch.Tensor,
+                   l: torch.Tensor, acc: torch.Tensor, key_format: KVFormat):
+    """`chunk` for FP4 keys and values (`takes_grouped`); None for a layout the kernel does not take."""
+    from ..fp_codes import E2M1_VALUES
+
+    B, H, R, D = q.shape
+    t = keys.num_tokens
+    group, kind = GROUPED[key_format.name]
+    tensors = [keys.payload, keys.scales["scale"], values.payload, values.scales["scale"]]
+    if not all(x.dtype == torch.uint8 and x.dim() == 4 and _inner_contiguous(x) for x in tensors) or t < 1:
+        return None
+    tensor_scales = []
+    for x in (keys, values):  # nvfp4's per-block float32 scale, one per token here
+        scale = x.scales.get("tensor_scale")
+        tensor_scales.append(None if scale is None else scale.float().expand(B, H, t, 1).reshape(B, H, t).contiguous())
+    strides = torch.tensor([s for x in tensors for s in x.stride()[:2]], dtype=torch.int64)
+    table = torch.tensor(E2M1_VALUES + tuple(-v for v in E2M1_VALUES), dtype=torch.float32)
+    q = q.float().contiguous()
+    m, l, acc = m.float().contiguous().clone(), l.float().contiguous().clone(), acc.float().contiguous().clone()
+    if bias is not None:
+        bias = bias.float().expand(B, H, R, t).contiguous()
+    pointer = (lambda x: None if x is None else x.data_ptr())
+    run = functools.partial(_library.hh_grouped_chunk, B, H, R, D, t, group, kind, table.data_ptr(), q.data_ptr(),
+                            tensors[0].data_ptr(), tensors[1].data_ptr(), pointer(tensor_scales[0]),
+                            tensors[2].data_ptr(), tensors[3].data_ptr(), pointer(tensor_scales[1]), strides.data_ptr(),
+                            pointer(bias), m.data_ptr(), l.data_ptr(), acc.data_ptr())
     _over_threads(run, B * H, t)
     return m, l, acc
 

@@ -1,5 +1,5 @@
-/* What the native decode kernels share (int4_decode.c, dense_decode.c): float16 scales to float, a vectorizable exp
- * for the softmax, and the online softmax's step over one head's scores. Static inline, so each kernel file has its
+/* What the native decode kernels share (int4_decode.c, dense_decode.c): float16 and float8_e4m3fn numbers to float, a
+ * vectorizable exp for the softmax, and the online softmax's step over one head's scores. Static inline, so each kernel file has its
  * own copy. */
 #ifndef HYDRAHEAD_NATIVE_COMMON_H
 #define HYDRAHEAD_NATIVE_COMMON_H
@@ -72,6 +72,16 @@ static inline void online_softmax(int64_t R, int64_t T, float *scores, float *m,
         m[r] = m_new;
         l[r] = l[r] * alpha[r] + sum;
     }
+}
+
+/* float8_e4m3fn to float32: its exponent and mantissa bits placed where float32's sit give the value times 2^-120
+ * (subnormals included), so one multiply by 2^120 finishes it. 0x7f / 0xff (NaN) read as +-480; the encoder
+ * saturates at 448 and never writes them. */
+static inline float e4m3_to_float(uint8_t b) {
+    const uint32_t bits = ((uint32_t)(b & 0x7f) << 20) | ((uint32_t)(b & 0x80) << 24);
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f * 0x1p120f;
 }
 
 #endif

@@ -87,7 +87,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     y = torch.empty(rows, N, dtype=torch.float32, device=x.device)
     run = functools.partial(_kernels().hh_linear, rows, N, K, DTYPES[weight.dtype], flat.data_ptr(),
                             weight.data_ptr(), y.data_ptr())
-    _over_threads(run, N, K * rows)
+    _over_threads(run, N, K * rows, align=4)  # dense_decode.c takes weight rows four at a time
     if bias is not None:
         y += bias.float()
     return y.to(weight.dtype).view(*x.shape[:-1], N)

@@ -42,16 +42,6 @@ static inline float bf16_to_float(uint16_t h) {
 
 static inline size_t element_size(int64_t dtype) { return dtype == DTYPE_FLOAT32 ? 4 : dtype == DTYPE_BFLOAT16 ? 2 : 1; }
 
-/* float8_e4m3fn to float32: its exponent and mantissa bits placed where float32's sit give the value times 2^-120
- * (subnormals included), so one multiply by 2^120 finishes it. 0x7f / 0xff (NaN) read as +-480; the encoder
- * saturates at 448 and never writes them. */
-static inline float e4m3_to_float(uint8_t b) {
-    const uint32_t bits = ((uint32_t)(b & 0x7f) << 20) | ((uint32_t)(b & 0x80) << 24);
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f * 0x1p120f;
-}
-
 /* `n` elements at `src` as float32: the row itself for float32, else widened into `buffer`. */
 static inline const float *as_float(const void *src, int64_t dtype, int64_t n, float *restrict buffer) {
     if (dtype == DTYPE_FLOAT32) return (const float *)src;

@@ -28,6 +28,32 @@ static inline void unpack(const uint8_t *restrict codes, int half, float *restri
     }
 }
 
+/* The FP4 formats (mxfp4, nvfp4): E2M1 codes (a 16-entry table of signed values, from Python) with a scale per token
+ * per group of G channels: a UE8M0 byte (2^(b - 127), MX) or an E4M3 byte times the block's float32 tensor scale
+ * (NV). Keys and values are read alike: value = table[code] * scale. */
+#define SCALE_UE8M0 1
+#define SCALE_E4M3 2
+#define MAX_SCALE_GROUPS 16
+
+static inline float ue8m0_to_float(uint8_t b) {
+    if (b == 255) return NAN;
+    if (b == 0) return 0x1p-127f; /* the one power of two below float32's normal range */
+    const uint32_t bits = (uint32_t)b << 23;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* Token t's `groups` scales as floats (times its tensor scale where there is one). */
+static inline void token_scales(const uint8_t *scales, int64_t kind, int64_t t, int64_t groups,
+                                const float *tensor_scale, float *out) {
+    const float extra = tensor_scale ? tensor_scale[t] : 1.0f;
+    for (int64_t g = 0; g < groups; g++) {
+        const uint8_t b = scales[t * groups + g];
+        out[g] = (kind == SCALE_UE8M0 ? ue8m0_to_float(b) : e4m3_to_float(b)) * extra;
+    }
+}
+
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
 /* With AVX-512 the codes become floats sixteen at a time through a 16-entry table in one register (_mm512_permutexvar:
@@ -156,6 +182,112 @@ static inline __attribute__((always_inline)) void add_int4_values_avx512(
             acc[r * D + 2 * i + 1] = o[i];
         }
     }
+}
+
+/* The lanes' groups: for piece j (channels 32j..32j+31, even ones in one vector, odd ones in the other), the group
+ * of each lane's channel. */
+static inline void lane_groups(int64_t pieces, int64_t group, __m512i *even, __m512i *odd) {
+    for (int64_t j = 0; j < pieces; j++) {
+        int32_t ge[16], go[16];
+        for (int l = 0; l < 16; l++) {
+            ge[l] = (int32_t)((32 * j + 2 * l) / group);
+            go[l] = (int32_t)((32 * j + 2 * l + 1) / group);
+        }
+        even[j] = _mm512_loadu_si512(ge);
+        odd[j] = _mm512_loadu_si512(go);
+    }
+}
+
+/* dots [R, T] = q . (table[code] * scale) for FP4 keys, each token's codes scaled in registers once for the R rows,
+ * sixteen tokens' sums reduced at once. */
+static inline __attribute__((always_inline)) void grouped_dots_avx512(
+        int64_t R, int64_t D, int64_t T, int64_t group, int64_t kind, const float *q, const uint8_t *codes,
+        const uint8_t *scales, const float *tensor_scale, __m512 table, float *dots) {
+    const int64_t half = D / 2, pieces = half / 16, groups = D / group;
+    __m512i ge[MAX_PIECES], go[MAX_PIECES];
+    lane_groups(pieces, group, ge, go);
+    __m512 qe[MAX_ROWS][MAX_PIECES], qo[MAX_ROWS][MAX_PIECES], partial[MAX_ROWS][16];
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t j = 0; j < pieces; j++) {
+            float e[16], o[16];
+            for (int l = 0; l < 16; l++) {
+                e[l] = q[r * D + 32 * j + 2 * l];
+                o[l] = q[r * D + 32 * j + 2 * l + 1];
+            }
+            qe[r][j] = _mm512_loadu_ps(e);
+            qo[r][j] = _mm512_loadu_ps(o);
+        }
+    for (int64_t t = 0; t < T; t++) {
+        __builtin_prefetch(codes + (t + PREFETCH_TOKENS) * half);
+        float sc[MAX_SCALE_GROUPS] = {0};
+        token_scales(scales, kind, t, groups, tensor_scale, sc);
+        const __m512 s = _mm512_loadu_ps(sc);
+        __m512 sum[MAX_ROWS];
+        for (int64_t r = 0; r < R; r++) sum[r] = _mm512_setzero_ps();
+        for (int64_t j = 0; j < pieces; j++) {
+            __m512 even, odd;
+            table16(codes + t * half + 16 * j, table, &even, &odd);
+            even = _mm512_mul_ps(even, _mm512_permutexvar_ps(ge[j], s));
+            odd = _mm512_mul_ps(odd, _mm512_permutexvar_ps(go[j], s));
+            for (int64_t r = 0; r < R; r++)
+                sum[r] = _mm512_fmadd_ps(qo[r][j], odd, _mm512_fmadd_ps(qe[r][j], even, sum[r]));
+        }
+        const int64_t k = t % 16;
+        for (int64_t r = 0; r < R; r++) partial[r][k] = sum[r];
+        if (k == 15)
+            for (int64_t r = 0; r < R; r++) _mm512_storeu_ps(dots + r * T + t - 15, sum_lanes16(partial[r]));
+    }
+    const int64_t done = T / 16 * 16;
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t t = done; t < T; t++) dots[r * T + t] = _mm512_reduce_add_ps(partial[r][t - done]);
+}
+
+/* acc [R, D] = alpha * acc + sum_t p[r, t] (table[code_t] * scale_t) for FP4 values. */
+static inline __attribute__((always_inline)) void add_grouped_values_avx512(
+        int64_t R, int64_t D, int64_t T, int64_t group, int64_t kind, const float *weights, const uint8_t *codes,
+        const uint8_t *scales, const float *tensor_scale, __m512 table, const float *alpha, float *acc) {
+    const int64_t half = D / 2, pieces = half / 16, groups = D / group;
+    __m512i ge[MAX_PIECES], go[MAX_PIECES];
+    lane_groups(pieces, group, ge, go);
+    __m512 ae[MAX_ROWS][MAX_PIECES], ao[MAX_ROWS][MAX_PIECES];
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t j = 0; j < pieces; j++) {
+            float e[16], o[16];
+            for (int l = 0; l < 16; l++) {
+                e[l] = acc[r * D + 32 * j + 2 * l] * alpha[r];
+                o[l] = acc[r * D + 32 * j + 2 * l + 1] * alpha[r];
+            }
+            ae[r][j] = _mm512_loadu_ps(e);
+            ao[r][j] = _mm512_loadu_ps(o);
+        }
+    for (int64_t t = 0; t < T; t++) {
+        __builtin_prefetch(codes + (t + PREFETCH_TOKENS) * half);
+        float sc[MAX_SCALE_GROUPS] = {0};
+        token_scales(scales, kind, t, groups, tensor_scale, sc);
+        const __m512 s = _mm512_loadu_ps(sc);
+        __m512 w[MAX_ROWS];
+        for (int64_t r = 0; r < R; r++) w[r] = _mm512_set1_ps(weights[r * T + t]);
+        for (int64_t j = 0; j < pieces; j++) {
+            __m512 even, odd;
+            table16(codes + t * half + 16 * j, table, &even, &odd);
+            even = _mm512_mul_ps(even, _mm512_permutexvar_ps(ge[j], s));
+            odd = _mm512_mul_ps(odd, _mm512_permutexvar_ps(go[j], s));
+            for (int64_t r = 0; r < R; r++) {
+                ae[r][j] = _mm512_fmadd_ps(w[r], even, ae[r][j]);
+                ao[r][j] = _mm512_fmadd_ps(w[r], odd, ao[r][j]);
+            }
+        }
+    }
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t j = 0; j < pieces; j++) {
+            float e[16], o[16];
+            _mm512_storeu_ps(e, ae[r][j]);
+            _mm512_storeu_ps(o, ao[r][j]);
+            for (int l = 0; l < 16; l++) {
+                acc[r * D + 32 * j + 2 * l] = e[l];
+                acc[r * D + 32 * j + 2 * l + 1] = o[l];
+            }
+        }
 }
 #endif
 
@@ -427,5 +559,71 @@ int hh_int4_values(int64_t B, int64_t H, int64_t R, int64_t D, int64_t T, int64_
             add_int4_values(R_, D_, T, vg, p + bh * R * T, vc + b * strides[0] + h * strides[1],
                             vs + b * strides[2] + h * strides[3], vz + b * strides[4] + h * strides[5], zeros, o));
     }
+    return 0;
+}
+
+/* One token's FP4 codes as floats: row[c] = table[code_c] * scale of c's group. */
+static inline void grouped_row(int64_t D, int64_t group, const uint8_t *codes, const float *table, const float *sc,
+                               float *row) {
+    for (int64_t i = 0; i < D / 2; i++) {
+        row[2 * i] = table[codes[i] & 15] * sc[(2 * i) / group];
+        row[2 * i + 1] = table[codes[i] >> 4] * sc[(2 * i + 1) / group];
+    }
+}
+
+/* One chunk of the online softmax over FP4 keys and values (`hh_int4_chunk`'s contract): codes [B, H, T, D/2] with
+ * token stride D/2, scale codes [B, H, T, D/group] (uint8: `kind` 1 UE8M0, 2 E4M3) with token stride D/group,
+ * tensor scales [B, H, T] float32 contiguous or NULL, for keys then values; `table` the 16 values of the codes;
+ * `strides` the (b, h) strides of key codes, key scales, value codes, value scales. */
+int hh_grouped_chunk(int64_t B, int64_t H, int64_t R, int64_t D, int64_t T, int64_t group, int64_t kind,
+                     const float *table, const float *q, const uint8_t *kc, const uint8_t *ks, const float *kts,
+                     const uint8_t *vc, const uint8_t *vs, const float *vts, const int64_t *strides, const float *bias,
+                     float *m, float *l, float *acc, int64_t first, int64_t last) {
+    if (R < 1 || R > MAX_ROWS || D < 2 || D % 2 || D / 2 > MAX_HALF || group < 2 || D % group ||
+        D / group > MAX_SCALE_GROUPS || (kind != SCALE_UE8M0 && kind != SCALE_E4M3) || T < 1 || first < 0 ||
+        last > B * H)
+        return -1;
+    float *scores = malloc(sizeof(float) * (size_t)(R * T));
+    if (!scores) return -2;
+    const int64_t half = D / 2, groups = D / group;
+    for (int64_t bh = first; bh < last; bh++) {
+        const int64_t b = bh / H, h = bh % H;
+        const uint8_t *kcodes = kc + b * strides[0] + h * strides[1], *kscales = ks + b * strides[2] + h * strides[3];
+        const uint8_t *vcodes = vc + b * strides[4] + h * strides[5], *vscales = vs + b * strides[6] + h * strides[7];
+        const float *ktensor = kts ? kts + bh * T : NULL, *vtensor = vts ? vts + bh * T : NULL;
+        const float *qh = q + bh * R * D;
+        float *mh = m + bh * R, *lh = l + bh * R, *acch = acc + bh * R * D, alpha[MAX_ROWS];
+#ifdef HAVE_AVX512
+        if (half % 16 == 0) {
+            const __m512 levels = _mm512_loadu_ps(table);
+            SPECIALIZED(R, D, grouped_dots_avx512(R_, D_, T, group, kind, qh, kcodes, kscales, ktensor, levels,
+                                                  scores));
+            for (int64_t i = 0; i < R * T; i++) scores[i] += bias ? bias[bh * R * T + i] : 0.0f;
+            online_softmax(R, T, scores, mh, lh, alpha);
+            SPECIALIZED(R, D, add_grouped_values_avx512(R_, D_, T, group, kind, scores, vcodes, vscales, vtensor,
+                                                        levels, alpha, acch));
+            continue;
+        }
+#endif
+        float row[2 * MAX_HALF], sc[MAX_SCALE_GROUPS];
+        for (int64_t t = 0; t < T; t++) {
+            token_scales(kscales, kind, t, groups, ktensor, sc);
+            grouped_row(D, group, kcodes + t * half, table, sc, row);
+            for (int64_t r = 0; r < R; r++) {
+                float dot = 0.0f;
+                for (int64_t d = 0; d < D; d++) dot += qh[r * D + d] * row[d];
+                scores[r * T + t] = dot + (bias ? bias[(bh * R + r) * T + t] : 0.0f);
+            }
+        }
+        online_softmax(R, T, scores, mh, lh, alpha);
+        for (int64_t i = 0; i < R * D; i++) acch[i] *= alpha[i / D];
+        for (int64_t t = 0; t < T; t++) {
+            token_scales(vscales, kind, t, groups, vtensor, sc);
+            grouped_row(D, group, vcodes + t * half, table, sc, row);
+            for (int64_t r = 0; r < R; r++)
+                for (int64_t d = 0; d < D; d++) acch[r * D + d] += scores[r * T + t] * row[d];
+        }
+    }
+    free(scores);
     return 0;
 }
