@@ -4,8 +4,9 @@ A decode step multiplies one row (or a few) by every weight: it is bound by read
 CPU matmul for a single row reads them at about half the bandwidth (a third in bfloat16;
 benchmarks/hybrid_decode.py prints the step against its bound). `DecodeLinear` is nn.Linear with the same
 parameters and state dict; a call of at most MAX_ROWS rows, in float32 or bfloat16, on the CPU, with no autograd
-graph to build, goes to the kernel, and every other call (prefill, training, other dtypes or devices, the kernel
-off with HYDRAHEAD_NATIVE=0 or not built) to nn.Linear's forward.
+graph to build and a weight of a million elements or more, goes to the kernel, and every other call (prefill,
+training, other dtypes or devices, a weight small enough to sit in the CPU's caches, the kernel off with
+HYDRAHEAD_NATIVE=0 or not built) to nn.Linear's forward.
 
 hydrahead's models use it for every linear layer; `use_decode_linear(model)` converts another model's (the
 benchmarks' plain Qwen3) in place.

@@ -19,6 +19,12 @@ from tests.unit.test_hybrid import mixed_plan, tiny
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
+@pytest.fixture(autouse=True)
+def every_weight_native(monkeypatch):
+    """Small weights go to torch by default (dense.MIN_WEIGHT_ELEMENTS); the tests here hold the kernel to it."""
+    monkeypatch.setattr(dense, "MIN_WEIGHT_ELEMENTS", 0)
+
+
 def need_kernel():
     ok, why = native.available()
     if not ok:
@@ -121,9 +127,12 @@ def test_the_product_kernel_equals_linear(dtype, rows, N, K, bias):
     torch.testing.assert_close(got.float(), want, atol=tolerance * want.abs().max().item(), rtol=tolerance)
 
 
-def test_calls_the_product_kernel_does_not_take_return_none():
+def test_calls_the_product_kernel_does_not_take_return_none(monkeypatch):
     need_kernel()
     weight = torch.randn(16, 32)
+    with monkeypatch.context() as m:
+        m.setattr(dense, "MIN_WEIGHT_ELEMENTS", 1 << 20)
+        assert dense.linear(torch.randn(1, 32), weight) is None  # a small weight: torch is faster
     assert dense.linear(torch.randn(9, 32), weight) is None  # more than MAX_ROWS rows: a prefill
     assert dense.linear(torch.randn(1, 32).half(), weight.half()) is None
     assert dense.linear(torch.randn(1, 32).bfloat16(), weight) is None  # x and weight differ in dtype

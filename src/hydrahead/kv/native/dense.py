@@ -14,6 +14,9 @@ from . import available as _available
 
 DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 MAX_DIM = 256  # dense_decode.c's MAX_DIM
+# weights below this many elements stay with torch: they sit in the CPU's caches, where a step is not bound by
+# memory and torch's call costs less than this one's (about 10 us more for 256 x 256; a tie at 1024 x 1024)
+MIN_WEIGHT_ELEMENTS = 1 << 20
 
 
 def _kernels():
@@ -74,10 +77,11 @@ def attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:
     """torch.nn.functional.linear for a decode step: x [..., K] with at most MAX_ROWS rows, in the weight's dtype
-    (float32 or bfloat16), weight [N, K] contiguous -> [..., N] in that dtype; None where the kernel does not take
-    the call (more rows, another dtype or device, or autograd would need the product)."""
+    (float32 or bfloat16), weight [N, K] contiguous, of at least MIN_WEIGHT_ELEMENTS -> [..., N] in that dtype; None
+    where the kernel does not take the call (a small weight, more rows, another dtype or device, or autograd would
+    need the product)."""
     rows = x.numel() // max(x.shape[-1], 1)
-    if not (weight.dtype in DTYPES and x.dtype == weight.dtype and weight.dim() == 2 and weight.is_contiguous()
+    if not (weight.numel() >= MIN_WEIGHT_ELEMENTS and weight.dtype in DTYPES and x.dtype == weight.dtype and weight.dim() == 2 and weight.is_contiguous()
             and x.shape[-1] == weight.shape[1] and 0 < rows <= MAX_ROWS and x.device == weight.device
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
             and _ready(1, weight.device)):
