@@ -104,15 +104,28 @@ def test_layouts_it_does_not_take_return_none():
     assert not native.takes(kf, vf, native.MAX_ROWS + 1, q.device)
 
 
-def decode_view(tokens, D=64, heads=2, keys="int4"):
-    """A 4-bit layer's view at a decode step: sink, quantized blocks of 32 tokens, recent window."""
-    g = torch.Generator().manual_seed(1)
-    key_format = Int4Format(D, "channel") if keys == "int4" else TQ4Format(D)
-    layer = QuantizedKVLayer(0, key_format, Int4Format(D, "token"), window=16, sink=2, block_size=32)
+def decode_view(tokens, D=64, heads=2, keys="int4", key_format=None, value_format=None, seed=1):
+    """A quantized layer's view at a decode step: sink, blocks of 32 tokens, recent window. By default int4 values
+    with int4 (`keys="int4"`) or tq4 keys; `key_format` / `value_format` for others."""
+    g = torch.Generator().manual_seed(seed)
+    key_format = key_format or (Int4Format(D, "channel") if keys == "int4" else TQ4Format(D))
+    layer = QuantizedKVLayer(0, key_format, value_format or Int4Format(D, "token"), window=16, sink=2, block_size=32)
     k = torch.randn(2, heads, tokens, D, generator=g)
     v = torch.randn(2, heads, tokens, D, generator=g)
     layer.update(k[:, :, :-1], v[:, :, :-1])
     return layer.update(k[:, :, -1:], v[:, :, -1:])[0]
+
+
+def check_view_attention(view, served: list, seed=2):
+    """Attention over `view` by default (for two sequences, the second left-padded into the stored blocks) equals the
+    reference, and `served` (a list a patched kernel entry point appends to) shows the kernel took it."""
+    query = torch.randn(2, 4, 1, view.key_format.head_dim, generator=torch.Generator().manual_seed(seed)) * 3
+    mask = torch.ones(2, 1, 1, view.num_tokens, dtype=torch.bool)
+    mask[1, :, :, :40] = False
+    got = online_softmax_attention(query, view, mask, 0.125)
+    assert served
+    torch.testing.assert_close(got, online_softmax_attention(query, view, mask, 0.125, fast=False), atol=1e-5,
+                               rtol=1e-5)
 
 
 @pytest.mark.parametrize("keys", ["int4", "tq4"])
@@ -204,9 +217,14 @@ def test_sparse_decodings_dense_read_with_the_kernel_equals_it_without(keys, mon
 def test_the_kernel_equals_the_chunk_function_for_fp4(name, D, R, masked):
     """E2M1 codes with a scale per token per group of channels (UE8M0 per 32, or E4M3 per 16 times a tensor scale)."""
     need_kernel()
-    fmt = get_format(name, D)
-    g = torch.Generator().manual_seed(D + R)
-    B, H, t = 2, 2, 77
+    check_chunk(get_format(name, D), R, masked, seed=D + R)
+
+
+def check_chunk(fmt, R: int, masked: bool, seed: int, B: int = 2, H: int = 2, t: int = 77):
+    """One chunk with keys and values in `fmt` (both): the native kernel takes it and equals the chunk function, from
+    an online-softmax state part-way through (one row still empty), with or without a mask."""
+    D = fmt.head_dim
+    g = torch.Generator().manual_seed(seed)
     keys = fmt.quantize(torch.randn(B, H, t, D, generator=g) * 2 + torch.randn(D, generator=g) * 3)
     values = fmt.quantize(torch.randn(B, H, t, D, generator=g))
     q = torch.randn(B, H, R, D, generator=g) * D**-0.5
@@ -229,21 +247,11 @@ def test_the_kernel_equals_the_chunk_function_for_fp4(name, D, R, masked):
 @pytest.mark.parametrize("name", ["mxfp4", "nvfp4"])
 def test_attention_over_an_fp4_cache_with_the_kernel_equals_the_reference(monkeypatch, name):
     need_kernel()
-    g = torch.Generator().manual_seed(5)
-    layer = QuantizedKVLayer(0, get_format(name, 64), get_format(name, 64), window=16, sink=2, block_size=32)
-    k, v = torch.randn(2, 2, 300, 64, generator=g), torch.randn(2, 2, 300, 64, generator=g)
-    layer.update(k[:, :, :-1], v[:, :, :-1])
-    view = layer.update(k[:, :, -1:], v[:, :, -1:])[0]
-    query = torch.randn(2, 4, 1, 64, generator=g) * 3
-    mask = torch.ones(2, 1, 1, view.num_tokens, dtype=torch.bool)
-    mask[1, :, :, :40] = False
+    view = decode_view(300, key_format=get_format(name, 64), value_format=get_format(name, 64), seed=5)
     calls = []
     real = native._grouped_chunk
     monkeypatch.setattr(native, "_grouped_chunk", lambda *a: calls.append(1) or real(*a))
-    got = online_softmax_attention(query, view, mask, 0.125)
-    assert calls
-    torch.testing.assert_close(got, online_softmax_attention(query, view, mask, 0.125, fast=False), atol=1e-5,
-                               rtol=1e-5)
+    check_view_attention(view, calls)
 
 
 def test_the_plain_c_paths_equal_the_references_too(monkeypatch, tmp_path):

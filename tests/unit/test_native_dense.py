@@ -255,45 +255,18 @@ def test_an_index_out_of_range_is_refused_before_the_kernel_reads_it():
 def test_the_chunk_kernel_equals_the_chunk_function_for_bf16_and_fp8(name, scale, masked):
     """The quantized cache's formats that store plain numbers: one online-softmax chunk against the reference."""
     need_kernel()
-    from hydrahead.kv import fused, get_format
+    from hydrahead.kv import get_format
+    from tests.unit.test_kv_native import check_chunk
 
-    fmt = get_format(name, 64) if scale is None else get_format(name, 64, scale=scale)
-    g = torch.Generator().manual_seed(3)
-    B, H, R, t = 2, 3, 2, 70
-    keys = fmt.quantize(torch.randn(B, H, t, 64, generator=g) * 3)
-    values = fmt.quantize(torch.randn(B, H, t, 64, generator=g))
-    q = torch.randn(B, H, R, 64, generator=g) / 8
-    m = torch.randn(B, H, R, 1, generator=g)
-    m[0, 0, 0] = float("-inf")  # a row that has seen no key yet
-    l = torch.rand(B, H, R, 1, generator=g) * torch.isfinite(m)
-    acc = torch.randn(B, H, R, 64, generator=g) * torch.isfinite(m)
-    bias = None
-    if masked:
-        bias = torch.zeros(B, 1, 1, t)
-        bias[1, ..., :9] = float("-inf")
-    assert native.takes(fmt, fmt, R, q.device)
-    got = native.chunk(q, keys, values, bias, m, l, acc, fmt, fmt)
-    want = fused.chunk_step(q, keys.payload, keys.scales, values.payload, values.scales, bias, m, l, acc, fmt, fmt)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    check_chunk(get_format(name, 64) if scale is None else get_format(name, 64, scale=scale), 2, masked, seed=3, H=3,
+                t=70)
 
 
 @pytest.mark.parametrize("spec", ["bf16", "fp8"])
 def test_attention_over_a_bf16_or_fp8_cache_with_the_kernel_equals_the_reference(monkeypatch, spec):
     need_kernel()
-    from hydrahead.kv import QuantizedKVLayer, get_format
-    from hydrahead.kv.attention import online_softmax_attention
+    from hydrahead.kv import get_format
+    from tests.unit.test_kv_native import check_view_attention, decode_view
 
-    g = torch.Generator().manual_seed(4)
-    layer = QuantizedKVLayer(0, get_format(spec, 64), get_format(spec, 64), window=16, sink=2, block_size=32)
-    k, v = torch.randn(2, 2, 300, 64, generator=g), torch.randn(2, 2, 300, 64, generator=g)
-    layer.update(k[:, :, :-1], v[:, :, :-1])
-    view = layer.update(k[:, :, -1:], v[:, :, -1:])[0]
-    query = torch.randn(2, 4, 1, 64, generator=g) * 3
-    mask = torch.ones(2, 1, 1, view.num_tokens, dtype=torch.bool)
-    mask[1, :, :, :40] = False  # left padding reaching into the stored blocks
-    calls = served(monkeypatch, "chunk")
-    got = online_softmax_attention(query, view, mask, 0.125)
-    assert calls  # the stored blocks went to the kernel
-    torch.testing.assert_close(got, online_softmax_attention(query, view, mask, 0.125, fast=False), atol=1e-5,
-                               rtol=1e-5)
+    view = decode_view(300, key_format=get_format(spec, 64), value_format=get_format(spec, 64), seed=4)
+    check_view_attention(view, served(monkeypatch, "chunk"))

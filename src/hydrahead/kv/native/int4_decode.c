@@ -91,6 +91,52 @@ static inline __m512 sum_lanes16(const __m512 *v) {
     return _mm512_permutexvar_ps(order, z);
 }
 
+/* The lanes' groups: for piece j (channels 32j..32j+31, even ones in one vector, odd ones in the other), the group
+ * of each lane's channel. */
+static inline void lane_groups(int64_t pieces, int64_t group, __m512i *even, __m512i *odd) {
+    for (int64_t j = 0; j < pieces; j++) {
+        int32_t ge[16], go[16];
+        for (int l = 0; l < 16; l++) {
+            ge[l] = (int32_t)((32 * j + 2 * l) / group);
+            go[l] = (int32_t)((32 * j + 2 * l + 1) / group);
+        }
+        even[j] = _mm512_loadu_si512(ge);
+        odd[j] = _mm512_loadu_si512(go);
+    }
+}
+
+/* Rows [R, D] (each times factor[r], or 1 where factor is NULL) split into even and odd channels, sixteen to a
+ * register: the layout the table lookups produce. */
+static inline void split_rows(int64_t R, int64_t D, const float *rows, const float *factor,
+                              __m512 even[MAX_ROWS][MAX_PIECES], __m512 odd[MAX_ROWS][MAX_PIECES]) {
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t j = 0; j < D / 32; j++) {
+            float e[16], o[16];
+            const float f = factor ? factor[r] : 1.0f;
+            for (int l = 0; l < 16; l++) {
+                e[l] = rows[r * D + 32 * j + 2 * l] * f;
+                o[l] = rows[r * D + 32 * j + 2 * l + 1] * f;
+            }
+            even[r][j] = _mm512_loadu_ps(e);
+            odd[r][j] = _mm512_loadu_ps(o);
+        }
+}
+
+/* split_rows' inverse: rows [R, D] from their even and odd registers. */
+static inline void join_rows(int64_t R, int64_t D, __m512 even[MAX_ROWS][MAX_PIECES], __m512 odd[MAX_ROWS][MAX_PIECES],
+                             float *rows) {
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t j = 0; j < D / 32; j++) {
+            float e[16], o[16];
+            _mm512_storeu_ps(e, even[r][j]);
+            _mm512_storeu_ps(o, odd[r][j]);
+            for (int l = 0; l < 16; l++) {
+                rows[r * D + 32 * j + 2 * l] = e[l];
+                rows[r * D + 32 * j + 2 * l + 1] = o[l];
+            }
+        }
+}
+
 /* dots[r, t] = q_even[r] . even_t + q_odd[r] . odd_t for the tokens [t0, t1) (codes at `codes`, half bytes each),
  * the query rows already split into even and odd channels (and scaled, for int4 keys): each token's products
  * summed in registers, then sixteen tokens' sums at once (sum_lanes16). */
@@ -133,27 +179,9 @@ static inline __attribute__((always_inline)) void add_int4_values_avx512(
     const __m512 table = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __mmask16 group_mask = (__mmask16)((1u << vgroups) - 1);
     __m512i group_even[MAX_PIECES], group_odd[MAX_PIECES]; /* the group of each lane's channel */
-    for (int64_t j = 0; j < pieces; j++) {
-        int32_t ge[16], go[16];
-        for (int l = 0; l < 16; l++) {
-            ge[l] = (int32_t)((32 * j + 2 * l) / vg);
-            go[l] = (int32_t)((32 * j + 2 * l + 1) / vg);
-        }
-        group_even[j] = _mm512_loadu_si512(ge);
-        group_odd[j] = _mm512_loadu_si512(go);
-    }
+    lane_groups(pieces, vg, group_even, group_odd);
     __m512 ae[MAX_ROWS][MAX_PIECES], ao[MAX_ROWS][MAX_PIECES];
-    for (int64_t r = 0; r < R; r++) {
-        float e[MAX_HALF], o[MAX_HALF];
-        for (int64_t i = 0; i < half; i++) {
-            e[i] = acc[r * D + 2 * i] * alpha[r];
-            o[i] = acc[r * D + 2 * i + 1] * alpha[r];
-        }
-        for (int64_t j = 0; j < pieces; j++) {
-            ae[r][j] = _mm512_loadu_ps(e + 16 * j);
-            ao[r][j] = _mm512_loadu_ps(o + 16 * j);
-        }
-    }
+    split_rows(R, D, acc, alpha, ae, ao);
     for (int64_t t = 0; t < T; t++) {
         __builtin_prefetch(codes + (t + PREFETCH_TOKENS) * half);
         const __m512 s = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(group_mask, scales + t * vgroups));
@@ -171,31 +199,24 @@ static inline __attribute__((always_inline)) void add_int4_values_avx512(
             }
         }
     }
-    for (int64_t r = 0; r < R; r++) {
-        float e[MAX_HALF], o[MAX_HALF];
-        for (int64_t j = 0; j < pieces; j++) {
-            _mm512_storeu_ps(e + 16 * j, ae[r][j]);
-            _mm512_storeu_ps(o + 16 * j, ao[r][j]);
-        }
-        for (int64_t i = 0; i < half; i++) {
-            acc[r * D + 2 * i] = e[i];
-            acc[r * D + 2 * i + 1] = o[i];
-        }
-    }
+    join_rows(R, D, ae, ao, acc);
 }
 
-/* The lanes' groups: for piece j (channels 32j..32j+31, even ones in one vector, odd ones in the other), the group
- * of each lane's channel. */
-static inline void lane_groups(int64_t pieces, int64_t group, __m512i *even, __m512i *odd) {
-    for (int64_t j = 0; j < pieces; j++) {
-        int32_t ge[16], go[16];
-        for (int l = 0; l < 16; l++) {
-            ge[l] = (int32_t)((32 * j + 2 * l) / group);
-            go[l] = (int32_t)((32 * j + 2 * l + 1) / group);
-        }
-        even[j] = _mm512_loadu_si512(ge);
-        odd[j] = _mm512_loadu_si512(go);
-    }
+/* Token t's FP4 codes in piece j as values: table[code] times the scale of each lane's group (`s`, the token's
+ * scales; `ge` / `go` the lanes' groups). */
+static inline void scaled_codes16(const uint8_t *codes, __m512 table, __m512 s, __m512i ge, __m512i go, __m512 *even,
+                                  __m512 *odd) {
+    table16(codes, table, even, odd);
+    *even = _mm512_mul_ps(*even, _mm512_permutexvar_ps(ge, s));
+    *odd = _mm512_mul_ps(*odd, _mm512_permutexvar_ps(go, s));
+}
+
+/* Token t's scales in one register (lanes past its groups zero). */
+static inline __m512 token_scale_vector(const uint8_t *scales, int64_t kind, int64_t t, int64_t groups,
+                                        const float *tensor_scale) {
+    float sc[MAX_SCALE_GROUPS] = {0};
+    token_scales(scales, kind, t, groups, tensor_scale, sc);
+    return _mm512_loadu_ps(sc);
 }
 
 /* dots [R, T] = q . (table[code] * scale) for FP4 keys, each token's codes scaled in registers once for the R rows,
@@ -207,28 +228,15 @@ static inline __attribute__((always_inline)) void grouped_dots_avx512(
     __m512i ge[MAX_PIECES], go[MAX_PIECES];
     lane_groups(pieces, group, ge, go);
     __m512 qe[MAX_ROWS][MAX_PIECES], qo[MAX_ROWS][MAX_PIECES], partial[MAX_ROWS][16];
-    for (int64_t r = 0; r < R; r++)
-        for (int64_t j = 0; j < pieces; j++) {
-            float e[16], o[16];
-            for (int l = 0; l < 16; l++) {
-                e[l] = q[r * D + 32 * j + 2 * l];
-                o[l] = q[r * D + 32 * j + 2 * l + 1];
-            }
-            qe[r][j] = _mm512_loadu_ps(e);
-            qo[r][j] = _mm512_loadu_ps(o);
-        }
+    split_rows(R, D, q, NULL, qe, qo);
     for (int64_t t = 0; t < T; t++) {
         __builtin_prefetch(codes + (t + PREFETCH_TOKENS) * half);
-        float sc[MAX_SCALE_GROUPS] = {0};
-        token_scales(scales, kind, t, groups, tensor_scale, sc);
-        const __m512 s = _mm512_loadu_ps(sc);
+        const __m512 s = token_scale_vector(scales, kind, t, groups, tensor_scale);
         __m512 sum[MAX_ROWS];
         for (int64_t r = 0; r < R; r++) sum[r] = _mm512_setzero_ps();
         for (int64_t j = 0; j < pieces; j++) {
             __m512 even, odd;
-            table16(codes + t * half + 16 * j, table, &even, &odd);
-            even = _mm512_mul_ps(even, _mm512_permutexvar_ps(ge[j], s));
-            odd = _mm512_mul_ps(odd, _mm512_permutexvar_ps(go[j], s));
+            scaled_codes16(codes + t * half + 16 * j, table, s, ge[j], go[j], &even, &odd);
             for (int64_t r = 0; r < R; r++)
                 sum[r] = _mm512_fmadd_ps(qo[r][j], odd, _mm512_fmadd_ps(qe[r][j], even, sum[r]));
         }
@@ -250,44 +258,22 @@ static inline __attribute__((always_inline)) void add_grouped_values_avx512(
     __m512i ge[MAX_PIECES], go[MAX_PIECES];
     lane_groups(pieces, group, ge, go);
     __m512 ae[MAX_ROWS][MAX_PIECES], ao[MAX_ROWS][MAX_PIECES];
-    for (int64_t r = 0; r < R; r++)
-        for (int64_t j = 0; j < pieces; j++) {
-            float e[16], o[16];
-            for (int l = 0; l < 16; l++) {
-                e[l] = acc[r * D + 32 * j + 2 * l] * alpha[r];
-                o[l] = acc[r * D + 32 * j + 2 * l + 1] * alpha[r];
-            }
-            ae[r][j] = _mm512_loadu_ps(e);
-            ao[r][j] = _mm512_loadu_ps(o);
-        }
+    split_rows(R, D, acc, alpha, ae, ao);
     for (int64_t t = 0; t < T; t++) {
         __builtin_prefetch(codes + (t + PREFETCH_TOKENS) * half);
-        float sc[MAX_SCALE_GROUPS] = {0};
-        token_scales(scales, kind, t, groups, tensor_scale, sc);
-        const __m512 s = _mm512_loadu_ps(sc);
+        const __m512 s = token_scale_vector(scales, kind, t, groups, tensor_scale);
         __m512 w[MAX_ROWS];
         for (int64_t r = 0; r < R; r++) w[r] = _mm512_set1_ps(weights[r * T + t]);
         for (int64_t j = 0; j < pieces; j++) {
             __m512 even, odd;
-            table16(codes + t * half + 16 * j, table, &even, &odd);
-            even = _mm512_mul_ps(even, _mm512_permutexvar_ps(ge[j], s));
-            odd = _mm512_mul_ps(odd, _mm512_permutexvar_ps(go[j], s));
+            scaled_codes16(codes + t * half + 16 * j, table, s, ge[j], go[j], &even, &odd);
             for (int64_t r = 0; r < R; r++) {
                 ae[r][j] = _mm512_fmadd_ps(w[r], even, ae[r][j]);
                 ao[r][j] = _mm512_fmadd_ps(w[r], odd, ao[r][j]);
             }
         }
     }
-    for (int64_t r = 0; r < R; r++)
-        for (int64_t j = 0; j < pieces; j++) {
-            float e[16], o[16];
-            _mm512_storeu_ps(e, ae[r][j]);
-            _mm512_storeu_ps(o, ao[r][j]);
-            for (int l = 0; l < 16; l++) {
-                acc[r * D + 32 * j + 2 * l] = e[l];
-                acc[r * D + 32 * j + 2 * l + 1] = o[l];
-            }
-        }
+    join_rows(R, D, ae, ao, acc);
 }
 #endif
 
