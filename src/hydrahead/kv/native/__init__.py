@@ -1,7 +1,8 @@
-"""Small compiled kernels for the decode step. For the common 4-bit caches (int4 values per token, with int4 keys per
-channel or tq4 keys): one chunk of decode attention read straight from the packed codes (`int4_decode.c`, whose header
-says how; the functions here). For tensors in the model's dtype (float32, bfloat16): decode attention over the cache
-as stored and the weights' matrix-vector products (`dense_decode.c`; the functions in `dense.py`).
+"""Small compiled kernels for the decode step. For the quantized caches: one chunk of decode attention read straight
+from the stored codes, for int4 values with int4 or tq4 keys and for the FP4 formats (`int4_decode.c`, whose header
+says how; the functions here), and for bf16 or fp8 blocks (`dense_decode.c`; `dense.chunk`). For tensors in the
+model's dtype (float32, bfloat16): decode attention over the cache as stored, also at sparse decoding's selected
+tokens, and the weights' matrix-vector products (`dense_decode.c`; the functions in `dense.py`).
 
 Built on first use with the system C compiler (`$CC`, else cc or gcc) for this machine (-march=native) into
 `$HYDRAHEAD_CACHE_DIR/native` (default ~/.cache/hydrahead/native), named by a hash of the source, the flags and the

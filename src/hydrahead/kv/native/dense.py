@@ -39,8 +39,8 @@ def attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: 
     B, H, R, D = q.shape
     N = key.shape[2]
     T = N if index is None else index.shape[-1]
-    if not (key.dtype in DTYPES and value.dtype == key.dtype and key.shape == value.shape and D == key.shape[3]
-            and D <= MAX_DIM and T > 0 and key.stride(-1) == 1 and value.stride(-1) == 1
+    if not (key.dtype in DTYPES and value.dtype == key.dtype and key.shape == value.shape and key.shape[0] == B
+            and D == key.shape[3] and D <= MAX_DIM and T > 0 and key.stride(-1) == 1 and value.stride(-1) == 1
             and (heads is not None or H == key.shape[1]) and _ready(R, q.device)):
         return None
     keep_alive = []  # tensors whose pointers the kernel reads: kept referenced until it returns
@@ -68,9 +68,8 @@ def attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: 
     raw = q.new_empty(B, H, R, T) if with_scores else None
     out = q.new_empty(B, H, R, D)
     run = functools.partial(_kernels().hh_dense_attention, B, H, R, D, T, DTYPES[key.dtype], bf16_query, scaling,
-                            q.data_ptr(),
-                            key.data_ptr(), value.data_ptr(), strides.data_ptr(), *pointers, probs.data_ptr(),
-                            None if raw is None else raw.data_ptr(), out.data_ptr())
+                            q.data_ptr(), key.data_ptr(), value.data_ptr(), strides.data_ptr(), *pointers,
+                            probs.data_ptr(), None if raw is None else raw.data_ptr(), out.data_ptr())
     _over_threads(run, B * H, T)
     return (out, raw, probs) if with_scores else out
 
@@ -81,8 +80,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     where the kernel does not take the call (a small weight, more rows, another dtype or device, or autograd would
     need the product)."""
     rows = x.numel() // max(x.shape[-1], 1)
-    if not (weight.numel() >= MIN_WEIGHT_ELEMENTS and weight.dtype in DTYPES and x.dtype == weight.dtype and weight.dim() == 2 and weight.is_contiguous()
-            and x.shape[-1] == weight.shape[1] and 0 < rows <= MAX_ROWS and x.device == weight.device
+    if not (weight.numel() >= MIN_WEIGHT_ELEMENTS and weight.dtype in DTYPES and x.dtype == weight.dtype
+            and weight.dim() == 2 and weight.is_contiguous() and x.shape[-1] == weight.shape[1]
+            and 0 < rows <= MAX_ROWS and x.device == weight.device
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
             and _ready(1, weight.device)):
         return None

@@ -2,8 +2,12 @@
  * and values as stored, and the matrix-vector products of the weights (y = x W^T for a few rows x). A decode step
  * is bound by the bytes it reads; both read every stored byte once, from where it lies, without a widened copy.
  *
- * Attention, per KV head: each key is widened to float32 once and scored by the R query rows of its head; the
- * softmax runs over the head's T scores at once (common.h); p.v adds four tokens at a time into R float32 rows.
+ * Attention, per KV head: each key is widened to float32 once and scored by the R query rows of its head (bf16
+ * keys against a bf16 model's queries on AVX512-BF16's dot product instead); the softmax runs over the head's T
+ * scores at once (common.h); p.v adds four tokens at a time into R float32 rows. A head may read listed tokens only
+ * (sparse decoding's selection, read in place rather than gathered into a copy), and return its scores and
+ * probabilities (the retrieval heads rank tokens by them). hh_dense_chunk is the same as one online-softmax step
+ * over a block range of the quantized cache's bf16 or fp8 (e4m3, with a scale per token) formats.
  * Products: four weight rows at a time against every x row, so that each weight is read from memory once. In
  * bfloat16, on a CPU with AVX512-BF16, through its dot-product instruction (the product of two bfloat16 numbers is
  * exact in float32, and the sums are float32, as in torch's bfloat16 matmul); elsewhere each weight is widened to
@@ -142,9 +146,8 @@ static void dense_values(int64_t R, int64_t D, int64_t T, int64_t dtype, const f
 }
 
 /* Strides are in elements. q [B, H, R, D] float32 contiguous, unscaled (the scores are multiplied by `scale`;
- * bf16_query: its numbers are bfloat16 ones, see dense_scores); keys
- * and values [B, Hk, N, D] in `dtype` (0 float32, 1 bfloat16) with their (b, h, token) strides in `strides` (keys'
- * three, then values'), the channels contiguous. Query head slot h reads KV head heads[h] (or h where `heads` is
+ * bf16_query: its numbers are bfloat16 ones, see dense_scores); keys and values [B, Hk, N, D] in `dtype` (0 float32,
+ * 1 bfloat16) with their (b, h, token) strides in `strides` (keys' three, then values'), the channels contiguous. Query head slot h reads KV head heads[h] (or h where `heads` is
  * NULL) at the tokens index[b * H + h, 0..T) (or 0..T where `index` is NULL); keep [B * H, T] (uint8, or NULL for
  * all) hides the tokens it marks 0. Out: out [B, H, R, D] float32 = softmax(q k^T * scale) v (zeros for a row that
  * sees no token); scores [B, H, R, T] float32 holds the softmax's probabilities; raw [B, H, R, T] float32 (unless

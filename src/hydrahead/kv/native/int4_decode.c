@@ -11,6 +11,12 @@
  * sum_t (p_t s) c, four tokens at a time. Even and odd channels are kept apart (the nibble order), so every
  * inner loop is contiguous and the compiler vectorizes it.
  *
+ * With AVX-512 (the common case on x86 servers) the codes become floats sixteen at a time through a 16-entry table
+ * held in one register (0..15 for int4, the codebook for tq4), the R rows' products stay in registers across a
+ * token, and sixteen tokens' scores are summed across lanes at once; the common shapes are compiled with constant
+ * sizes (SPECIALIZED). hh_grouped_chunk reads the FP4 formats (mxfp4, nvfp4) the same way: E2M1 codes through the
+ * table, times the scale of each token's channel group (a UE8M0 or E4M3 byte, decoded here).
+ *
  * The math is the reference's (hydrahead.kv.attention.online_softmax_attention) in another order: same result
  * up to float rounding, which tests/unit/test_kv_native.py checks. No -ffast-math: -inf (masked and empty
  * rows) must stay -inf. Plain C, no Python or torch headers: hydrahead.kv.native builds it with the system C
