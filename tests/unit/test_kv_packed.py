@@ -154,6 +154,11 @@ def test_gather_picks_rows_from_every_part_as_the_dense_view(spec):
     b = torch.arange(2)[:, None, None]
     assert torch.equal(keys, dk[b, heads[None, :, None], index].float())
     assert torch.equal(values, dv[b, heads[None, :, None], index].float())
+    # in the key format's scoring space (tq4: rotated keys, against a rotated query) the scores are the same
+    q = torch.randn(2, 3, 2, keys.shape[-1], generator=g)
+    scored, values_too = view.gather(heads, index, score_space=True)
+    assert torch.equal(values_too, values)
+    torch.testing.assert_close(view.key_format.key_query(q) @ scored.mT, q @ keys.mT, atol=1e-4, rtol=1e-4)
 
 
 PAIRS = ["int4", "int4:mxfp4", "int4:nvfp4", "tq4:int4", "tq4:mxfp4", "tq4:nvfp4"]

@@ -95,8 +95,8 @@ class ViewKV:
         return out.to(q.dtype), scores, probs
 
     def gathered(self, q, heads: list[int], index, keep, scaling: float, scratch):
-        keys, values = gather_rows(self.view, heads, index)  # [B, S, k, D] float32
-        return attend_rows(q, keys, values, keep, scaling).to(q.dtype)
+        turned, keys, values = gather_rows(self.view, heads, index, q)  # keys in the formats' scoring space
+        return attend_rows(turned, keys, values, keep, scaling).to(q.dtype)
 
 
 def ranking(kind: str, scores: torch.Tensor, probs: torch.Tensor, scaling: float) -> torch.Tensor:

@@ -108,6 +108,11 @@ class KVFormat:
         decode path scores with them; a rotating format (tq4) rotates the query once instead of every key."""
         return self._dequantize(keys).float()
 
+    def score_keys_at(self, q: QTensor, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """`score_keys` for the tokens at `index` only (as `dequantize_at`): float32 [n, D]. The same as
+        `dequantize_at` wherever `key_query` is the identity; a format that rotates the query overrides both."""
+        return self.dequantize_at(q, index)
+
     def _check_q(self, q: QTensor) -> None:
         if q.format != self.name:
             raise KVFormatError(f"cannot decode a {q.format} tensor with the {self.name} format")

@@ -60,17 +60,24 @@ def chunk_values(view, p: torch.Tensor, values) -> torch.Tensor:
     return p @ view.values(values)
 
 
-def gather_rows(view, heads: list[int], index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys and values of the selected tokens: heads [S] of `view`, index [B, S, k] -> float32 [B, S, k, D] each."""
+def gather_rows(view, heads: list[int], index: torch.Tensor, q: torch.Tensor | None = None):
+    """Keys and values of the selected tokens: heads [S] of `view`, index [B, S, k] -> float32 [B, S, k, D] each.
+
+    With the query rows q [B, S, g, D] of those heads: (q', keys, values), keys in each format's scoring space and q'
+    turned to match (float32; `KVView.gather(score_space=True)`), so that q' . keys = q . decoded keys: tq4 keys are
+    not rotated back one by one, their heads' query is rotated once."""
     keys = values = None
+    turned = None if q is None else q.float().clone()
     for sub, positions in view_parts(view):
         mine = [i for i, h in enumerate(heads) if h in positions]
         if not mine:
             continue
         local = torch.tensor([positions.index(heads[i]) for i in mine], device=index.device)
-        k, v = sub.gather(local, index[:, mine])
+        k, v = sub.gather(local, index[:, mine], score_space=q is not None)
         if keys is None:
             keys = k.new_empty(index.shape[0], len(heads), index.shape[2], k.shape[-1])
             values = torch.empty_like(keys)
         keys[:, mine], values[:, mine] = k, v
-    return keys, values
+        if turned is not None:
+            turned[:, mine] = sub.key_format.key_query(turned[:, mine])
+    return (keys, values) if q is None else (turned, keys, values)

@@ -128,6 +128,12 @@ class TQ4Format(KVFormat):
         # codebook values in the rotated space times the norm: the query is rotated instead of every key unrotated
         return self._codebook_values(keys) * keys.scales["norm"].float().unsqueeze(-1)
 
+    def score_keys_at(self, q: QTensor, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        if self.qjl:
+            return super().score_keys_at(q, index)
+        self._check_q(q)
+        return self.score_keys(self._pick(q, index))  # no inverse rotation of the picked keys
+
     def bytes_per_token(self, head_dim: int | None = None) -> float:
         d = head_dim or self.head_dim
         norm_bytes = NORM_DTYPES[self.norm_dtype].itemsize

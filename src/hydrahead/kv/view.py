@@ -110,10 +110,12 @@ class KVView:
             values = self.value_format.dequantize(values)
         return self._gather(values).float()
 
-    def gather(self, heads: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def gather(self, heads: torch.Tensor, index: torch.Tensor, score_space: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """The keys and values of selected tokens only: heads [S] (this view's heads), index [B, S, k] token
         positions -> float32 [B, S, k, D] each. Quantized tokens are picked from the packed buffers in place and
-        decoded alone."""
+        decoded alone. With `score_space` the keys are in the space the key format scores in (`score_keys`):
+        attend to them with `key_format.key_query(q)` (tq4: the query rotated once instead of every key unrotated)."""
         B, S, k = index.shape
         kv = heads if self.heads is None else self.heads.to(heads.device)[heads]  # [S], heads as stored
         b = torch.arange(B, device=index.device)[:, None, None].expand(B, S, k)
@@ -129,10 +131,13 @@ class KVView:
             at = (b[mine], h[mine], index[mine] - first)
             if tensors is None:
                 k_q, v_q = self.quantized()
-                keys[mine] = self.key_format.dequantize_at(k_q, at)
+                pick = self.key_format.score_keys_at if score_space else self.key_format.dequantize_at
+                keys[mine] = pick(k_q, at)
                 values[mine] = self.value_format.dequantize_at(v_q, at)
             else:
-                keys[mine], values[mine] = tensors[0][at].float(), tensors[1][at].float()
+                plain = tensors[0][at].float()
+                keys[mine] = self.key_format.key_query(plain) if score_space else plain  # an orthogonal map: q.k kept
+                values[mine] = tensors[1][at].float()
         return keys, values
 
     def dense(self) -> tuple[torch.Tensor, torch.Tensor]:
