@@ -262,7 +262,9 @@ def _grouped_chunk(q: torch.Tensor, keys: QTensor, values: QTensor, bias: torch.
     t = keys.num_tokens
     group, kind = GROUPED[key_format.name]
     tensors = [keys.payload, keys.scales["scale"], values.payload, values.scales["scale"]]
-    if not all(x.dtype == torch.uint8 and x.dim() == 4 and _inner_contiguous(x) for x in tensors) or t < 1:
+    shapes = [(B, H, t, D // 2), (B, H, t, D // group)] * 2  # what the kernel will read, checked before it does
+    if t < 1 or not all(x.dtype == torch.uint8 and tuple(x.shape) == shape and _inner_contiguous(x)
+                        for x, shape in zip(tensors, shapes)):
         return None
     tensor_scales = []
     for x in (keys, values):  # nvfp4's per-block float32 scale, one per token here
