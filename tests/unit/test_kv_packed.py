@@ -161,6 +161,30 @@ def test_gather_picks_rows_from_every_part_as_the_dense_view(spec):
     torch.testing.assert_close(view.key_format.key_query(q) @ scored.mT, q @ keys.mT, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("spec", ["int4", "tq4:int4"])
+def test_sparse_heads_read_packed_rows_in_place_as_the_decoded_gather(spec):
+    """The native kernel at selected tokens (sink, packed blocks and recent window, some hidden) equals attention
+    over the rows `gather` decodes."""
+    if not native.available()[0]:
+        pytest.skip("the native kernel cannot be built here")
+    from hydrahead.decoding.attention import attend_rows
+    from hydrahead.kv.read import gather_rows, gathered_attention
+
+    layer, k, v = filled_layer(spec, 200, sink=3)
+    layer.update(k, v)
+    view, _ = layer.update(k[:, :, :1], v[:, :, :1])
+    g = torch.Generator().manual_seed(4)
+    index = torch.randint(0, view.num_tokens, (2, 3, 40), generator=g)
+    index[0, 0, :3] = torch.tensor([0, 3, view.num_tokens - 1])  # the sink, the first packed token, the newest
+    keep = torch.rand(2, 3, 40, generator=g) > 0.2
+    heads = [1, 0, 1]
+    q = torch.randn(2, 3, 2, k.shape[-1], generator=g)
+    got = gathered_attention(view, q, heads, index, keep, 0.125)
+    assert got is not None
+    turned, keys, values = gather_rows(view, heads, index, q)
+    torch.testing.assert_close(got, attend_rows(turned, keys, values, keep, 0.125), atol=1e-5, rtol=1e-5)
+
+
 PAIRS = ["int4", "int4:mxfp4", "int4:nvfp4", "tq4:int4", "tq4:mxfp4", "tq4:nvfp4"]
 
 

@@ -20,7 +20,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from ..attention import gqa_decode
 from ..kv.attention import ATTENTION_NAME, blockwise_attention_forward, is_view
 from ..kv.native import dense as native_dense
-from ..kv.read import attend_with_scores, gather_rows
+from ..kv.read import attend_with_scores, gather_rows, gathered_attention
 from .select import select_tokens
 from .state import LayerSlot, contiguous_runs
 
@@ -95,6 +95,9 @@ class ViewKV:
         return out.to(q.dtype), scores, probs
 
     def gathered(self, q, heads: list[int], index, keep, scaling: float, scratch):
+        out = gathered_attention(self.view, q, heads, index, keep, scaling)  # the packed rows read in place
+        if out is not None:
+            return out.to(q.dtype)
         turned, keys, values = gather_rows(self.view, heads, index, q)  # keys in the formats' scoring space
         return attend_rows(turned, keys, values, keep, scaling).to(q.dtype)
 

@@ -108,16 +108,21 @@ def online_softmax_attention(query: torch.Tensor, view: KVView, mask: torch.Tens
         s = view.scores(q, keys)  # [B, H, G*Q, t]
         if bias is not None:
             s = (s.view(B, H, G, Q, t) + bias).view(B, H, G * Q, t)
-        m_new = torch.maximum(m, s.amax(-1, keepdim=True))
-        # rows that have seen no visible key yet keep m = -inf; exp(-inf - 0) = 0 keeps them empty
-        m_safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
-        p = torch.exp(s - m_safe)
-        alpha = torch.exp(m - m_safe)
-        l = l * alpha + p.sum(-1, keepdim=True)
-        acc = acc * alpha + p @ view.values(values)
-        m = m_new
+        m, l, acc = online_step(s, view.values(values), m, l, acc)
     out = acc / torch.where(l > 0, l, torch.ones_like(l))  # fully masked rows (padding queries) give zeros
     return out.view(B, H, G, Q, D).reshape(B, Hq, Q, D).transpose(1, 2)
+
+
+def online_step(s: torch.Tensor, values: torch.Tensor, m: torch.Tensor, l: torch.Tensor, acc: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of the online softmax: scores s [..., R, t] (with -inf where hidden) and float values [..., t, D]
+    update the running max m and sum l [..., R, 1] and the unnormalised output acc [..., R, D]."""
+    m_new = torch.maximum(m, s.amax(-1, keepdim=True))
+    # rows that have seen no visible key yet keep m = -inf; exp(-inf - 0) = 0 keeps them empty
+    m_safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
+    p = torch.exp(s - m_safe)
+    alpha = torch.exp(m - m_safe)
+    return m_new, l * alpha + p.sum(-1, keepdim=True), acc * alpha + p @ values
 
 
 def register() -> None:

@@ -60,6 +60,45 @@ def chunk_values(view, p: torch.Tensor, values) -> torch.Tensor:
     return p @ view.values(values)
 
 
+def gathered_attention(view, q: torch.Tensor, heads: list[int], index: torch.Tensor, keep: torch.Tensor,
+                       scaling: float) -> torch.Tensor | None:
+    """Sparse heads' attention at their selected tokens, with the packed part read in place by the native kernel:
+    q [B, S, g, D] of the view's heads `heads`, index and keep [B, S, k] -> float32 [B, S, g, D]. The sink's and the
+    recent window's selected rows (float tensors) are attended in PyTorch, the packed blocks' by `native.gathered`,
+    one online softmax over both. None where the kernel does not take the view (another format, a view mixing
+    formats): the caller then decodes the rows (`gather_rows`)."""
+    from .attention import online_step
+
+    B, S, g, D = q.shape
+    if len(view_parts(view)) != 1 or not native.takes_gathered(view.key_format, view.value_format, g, q.device):
+        return None
+    stored = torch.as_tensor(heads, device=index.device)
+    if view.heads is not None:
+        stored = view.heads.to(index.device)[stored]
+    qs = q.float() * scaling
+    m = qs.new_full((B, S, g, 1), float("-inf"))
+    l, acc = qs.new_zeros((B, S, g, 1)), torch.zeros_like(qs)
+    sink, packed, n = view.sink[0].shape[-2], view.quantized_tokens, view.num_tokens
+    b, h = torch.arange(B, device=index.device)[:, None, None], stored[None, :, None]
+    for first, end, tensors in ((0, sink, view.sink), (sink + packed, n, view.recent)):
+        mine = keep & (index >= first) & (index < end)
+        if first == end or not mine.any():
+            continue
+        at = (index - first).clamp(0, end - first - 1)
+        s = (qs @ tensors[0][b, h, at].float().mT).masked_fill(~mine[:, :, None, :], float("-inf"))
+        m, l, acc = online_step(s, tensors[1][b, h, at].float(), m, l, acc)
+    mine = keep & (index >= sink) & (index < sink + packed)
+    if packed and mine.any():
+        keys, values = view.quantized()
+        bias = torch.where(mine, 0.0, float("-inf"))[:, :, None, :]
+        step = native.gathered(qs, keys, values, stored, (index - sink).clamp(0, packed - 1), bias, m, l, acc,
+                               view.key_format, view.value_format)
+        if step is None:
+            return None
+        m, l, acc = step
+    return acc / torch.where(l > 0, l, torch.ones_like(l))
+
+
 def gather_rows(view, heads: list[int], index: torch.Tensor, q: torch.Tensor | None = None):
     """Keys and values of the selected tokens: heads [S] of `view`, index [B, S, k] -> float32 [B, S, k, D] each.
 

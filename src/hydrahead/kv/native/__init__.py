@@ -96,7 +96,8 @@ def _build() -> ctypes.CDLL:
     # (leading int64 shape arguments, pointers); every function ends with the int64 head range [first, last)
     signatures = {"hh_int4_chunk": (7, 12), "hh_codebook_int4_chunk": (6, 12), "hh_int4_scores": (6, 6),
                   "hh_codebook_scores": (5, 6), "hh_int4_values": (6, 6), "hh_dense_attention": (7, 10),
-                  "hh_dense_chunk": (6, 10), "hh_grouped_chunk": (7, 13), "hh_linear": (4, 3)}
+                  "hh_dense_chunk": (6, 10), "hh_grouped_chunk": (7, 13), "hh_int4_gathered": (8, 15),
+                  "hh_linear": (4, 3)}
     floats = {"hh_dense_attention": 1}  # float arguments between the ints and the pointers
     for name, (ints, pointers) in signatures.items():
         fn = getattr(library, name)
@@ -138,6 +139,11 @@ def takes_values(value_format: KVFormat) -> bool:
 
     return (isinstance(value_format, Int4Format) and value_format.axis == "token" and value_format.group_size % 2 == 0
             and value_format.head_dim <= 2 * 128)
+
+
+def takes_gathered(key_format: KVFormat, value_format: KVFormat, rows: int, device: torch.device) -> bool:
+    """Whether `gathered` serves this pair of formats: int4 values with int4 or tq4 keys."""
+    return takes_keys(key_format) and takes_values(value_format) and _ready(rows, device)
 
 
 def _ready(rows: int, device: torch.device) -> bool:
@@ -282,6 +288,42 @@ def _grouped_chunk(q: torch.Tensor, keys: QTensor, values: QTensor, bias: torch.
                             tensors[2].data_ptr(), tensors[3].data_ptr(), pointer(tensor_scales[1]), strides.data_ptr(),
                             pointer(bias), m.data_ptr(), l.data_ptr(), acc.data_ptr())
     _over_threads(run, B * H, t)
+    return m, l, acc
+
+
+def gathered(q: torch.Tensor, keys: QTensor, values: QTensor, heads: torch.Tensor, index: torch.Tensor,
+             bias: torch.Tensor, m: torch.Tensor, l: torch.Tensor, acc: torch.Tensor, key_format: KVFormat,
+             value_format: KVFormat) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """One online-softmax step at selected tokens of a packed range (int4 values with int4 or tq4 keys): q [B, S, R, D]
+    scaled, heads [S] (stored KV heads), index [B, S, k] (tokens of the range), bias [B, S, R, k] (-inf: hidden), m
+    and l [B, S, R, 1], acc [B, S, R, D] -> the updated (m, l, acc); None where the kernel does not take the call."""
+    B, S, R, D = q.shape
+    if not (takes_keys(key_format) and takes_values(value_format) and _ready(R, q.device)):
+        return None
+    layout = _stored(keys, key_format, values)
+    if layout is None:
+        return None
+    tensors, strides = layout
+    T, H = keys.num_tokens, keys.payload.shape[1]
+    heads = torch.as_tensor(heads, dtype=torch.int64).contiguous()
+    index = index.to(torch.int64).contiguous()
+    if not (bool(((heads >= 0) & (heads < H)).all()) and bool(((index >= 0) & (index < T)).all())):
+        raise ValueError(f"heads must be in [0, {H}) and tokens in [0, {T})")
+    codebook = key_format.name == "tq4"
+    if codebook:  # codes, norms, (no zeros), then the values' three
+        tensors = [tensors[0], tensors[1], None, *tensors[2:]]
+        strides = torch.cat([strides[:4], torch.zeros(2, dtype=torch.int64), strides[4:]])
+    table = key_format.codebook.contiguous().float() if codebook else None
+    q = key_format.key_query(q).float().contiguous()
+    m, l, acc = m.float().contiguous().clone(), l.float().contiguous().clone(), acc.float().contiguous().clone()
+    bias = bias.float().expand(B, S, R, index.shape[-1]).contiguous()
+    pointer = (lambda x: None if x is None else x.data_ptr())
+    run = functools.partial(_library.hh_int4_gathered, B, S, R, D, index.shape[-1], key_format.group_size if not
+                            codebook else 1, value_format.group_size, int(codebook), q.data_ptr(), heads.data_ptr(),
+                            index.data_ptr(), bias.data_ptr(), *[pointer(x) for x in tensors[:3]], pointer(table),
+                            *[x.data_ptr() for x in tensors[3:]], strides.data_ptr(), m.data_ptr(), l.data_ptr(),
+                            acc.data_ptr())
+    _over_threads(run, B * S, index.shape[-1])
     return m, l, acc
 
 

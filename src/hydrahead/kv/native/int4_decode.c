@@ -619,3 +619,91 @@ int hh_grouped_chunk(int64_t B, int64_t H, int64_t R, int64_t D, int64_t T, int6
     free(scores);
     return 0;
 }
+
+#define GATHER_AHEAD 16 /* selected tokens whose rows are prefetched ahead of the one being read */
+
+/* Decode attention at selected tokens only (sparse decoding's sparse heads over a packed cache): head slot s of
+ * batch row b reads stored KV head heads[s] at the tokens index[b, s, 0..k) of the packed range, each key and value
+ * decoded alone (int4 keys per channel: the scale and zero of the token's group; tq4 keys: codebook values times
+ * the token's norm, against a rotated query; int4 values per token) and attended with bias [B, S, R, k] (-inf for
+ * a token the head must not see), one online-softmax step from m, l, acc as hh_int4_chunk takes them. q [B, S, R,
+ * D] scaled (rotated for tq4 keys). `strides` holds the (b, h) strides of key codes, key scales (tq4: norms), key
+ * zeros (tq4: unused), value codes, value scales, value zeros. */
+int hh_int4_gathered(int64_t B, int64_t S, int64_t R, int64_t D, int64_t k, int64_t kg, int64_t vg,
+                     int64_t codebook_keys, const float *q, const int64_t *heads, const int64_t *index,
+                     const float *bias, const uint8_t *kc, const void *ks, const uint16_t *kz, const float *codebook,
+                     const uint8_t *vc, const uint16_t *vs, const uint16_t *vz, const int64_t *strides, float *m,
+                     float *l, float *acc, int64_t first, int64_t last) {
+    if (bad_shape(R, D, kg, kg, vg) || k < 1 || first < 0 || last > B * S) return -1;
+    float *scores = malloc(sizeof(float) * (size_t)(R * k));
+    if (!scores) return -2;
+    const int64_t half = D / 2, vgroups = D / vg;
+    float row[2 * MAX_HALF], alpha[MAX_ROWS];
+    for (int64_t bs = first; bs < last; bs++) {
+        const int64_t b = bs / S, h = heads[bs % S];
+        const uint8_t *kcodes = kc + b * strides[0] + h * strides[1], *vcodes = vc + b * strides[6] + h * strides[7];
+        const uint16_t *vscale = vs + b * strides[8] + h * strides[9], *vzero = vz + b * strides[10] + h * strides[11];
+        const int64_t *tokens = index + bs * k;
+        const float *qh = q + bs * R * D;
+        float key_scale[2 * MAX_HALF], key_zero[2 * MAX_HALF];
+        int64_t group = -1;
+        for (int64_t j = 0; j < k; j++) {
+            const int64_t t = tokens[j];
+            const uint8_t *c = kcodes + t * half;
+            if (j + GATHER_AHEAD < k) { /* random rows: ask for later ones early, or each waits on memory */
+                const int64_t ahead = tokens[j + GATHER_AHEAD];
+                __builtin_prefetch(kcodes + ahead * half);
+                __builtin_prefetch(vcodes + ahead * half);
+                __builtin_prefetch(vscale + ahead * vgroups);
+                __builtin_prefetch(vzero + ahead * vgroups);
+                if (codebook_keys) __builtin_prefetch((const float *)ks + b * strides[2] + h * strides[3] + ahead);
+            }
+            if (codebook_keys) {
+                const float norm = ((const float *)ks)[b * strides[2] + h * strides[3] + t];
+                for (int64_t i = 0; i < half; i++) {
+                    row[2 * i] = codebook[c[i] & 15] * norm;
+                    row[2 * i + 1] = codebook[c[i] >> 4] * norm;
+                }
+            } else {
+                if (t / kg != group) { /* the token's group of keys: its channel scales and zeros, as floats */
+                    group = t / kg;
+                    const uint16_t *scale = (const uint16_t *)ks + b * strides[2] + h * strides[3] + group * D;
+                    const uint16_t *zero = kz + b * strides[4] + h * strides[5] + group * D;
+                    for (int64_t d = 0; d < D; d++) {
+                        key_scale[d] = half_to_float(scale[d]);
+                        key_zero[d] = half_to_float(zero[d]);
+                    }
+                }
+                for (int64_t i = 0; i < half; i++) {
+                    row[2 * i] = key_zero[2 * i] + key_scale[2 * i] * (float)(c[i] & 15);
+                    row[2 * i + 1] = key_zero[2 * i + 1] + key_scale[2 * i + 1] * (float)(c[i] >> 4);
+                }
+            }
+            for (int64_t r = 0; r < R; r++) {
+                float dot = 0.0f;
+                for (int64_t d = 0; d < D; d++) dot += qh[r * D + d] * row[d];
+                scores[r * k + j] = dot + bias[(bs * R + r) * k + j];
+            }
+        }
+        online_softmax(R, k, scores, m + bs * R, l + bs * R, alpha);
+        float *a = acc + bs * R * D;
+        for (int64_t i = 0; i < R * D; i++) a[i] *= alpha[i / D];
+        for (int64_t j = 0; j < k; j++) {
+            const int64_t t = tokens[j];
+            const uint8_t *c = vcodes + t * half;
+            for (int64_t g = 0; g < vgroups; g++) { /* a group is vg channels: vg / 2 bytes */
+                const float scale = half_to_float(vscale[t * vgroups + g]), zero = half_to_float(vzero[t * vgroups + g]);
+                for (int64_t i = g * vg / 2; i < (g + 1) * vg / 2; i++) {
+                    row[2 * i] = zero + scale * (float)(c[i] & 15);
+                    row[2 * i + 1] = zero + scale * (float)(c[i] >> 4);
+                }
+            }
+            for (int64_t r = 0; r < R; r++) {
+                const float p = scores[r * k + j];
+                for (int64_t d = 0; d < D; d++) a[r * D + d] += p * row[d];
+            }
+        }
+    }
+    free(scores);
+    return 0;
+}
