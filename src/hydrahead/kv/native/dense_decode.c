@@ -44,7 +44,9 @@ static inline float bf16_to_float(uint16_t h) {
     return f;
 }
 
-static inline size_t element_size(int64_t dtype) { return dtype == DTYPE_FLOAT32 ? 4 : dtype == DTYPE_BFLOAT16 ? 2 : 1; }
+static inline size_t element_size(int64_t dtype) {
+    return dtype == DTYPE_FLOAT32 ? 4 : dtype == DTYPE_BFLOAT16 ? 2 : 1;
+}
 
 /* `n` elements at `src` as float32: the row itself for float32, else widened into `buffer`. */
 static inline const float *as_float(const void *src, int64_t dtype, int64_t n, float *restrict buffer) {
@@ -147,12 +149,12 @@ static void dense_values(int64_t R, int64_t D, int64_t T, int64_t dtype, const f
 
 /* Strides are in elements. q [B, H, R, D] float32 contiguous, unscaled (the scores are multiplied by `scale`;
  * bf16_query: its numbers are bfloat16 ones, see dense_scores); keys and values [B, Hk, N, D] in `dtype` (0 float32,
- * 1 bfloat16) with their (b, h, token) strides in `strides` (keys' three, then values'), the channels contiguous. Query head slot h reads KV head heads[h] (or h where `heads` is
- * NULL) at the tokens index[b * H + h, 0..T) (or 0..T where `index` is NULL); keep [B * H, T] (uint8, or NULL for
- * all) hides the tokens it marks 0. Out: out [B, H, R, D] float32 = softmax(q k^T * scale) v (zeros for a row that
- * sees no token); scores [B, H, R, T] float32 holds the softmax's probabilities; raw [B, H, R, T] float32 (unless
- * NULL) the scaled scores before it (-inf where hidden). Heads b * H + h in [first, last) only. Returns 0, or a
- * negative number for shapes it does not take. */
+ * 1 bfloat16) with their (b, h, token) strides in `strides` (keys' three, then values'), the channels contiguous.
+ * Query head slot h reads KV head heads[h] (or h where `heads` is NULL) at the tokens index[b * H + h, 0..T) (or
+ * 0..T where `index` is NULL); keep [B * H, T] (uint8, or NULL for all) hides the tokens it marks 0. Out: out
+ * [B, H, R, D] float32 = softmax(q k^T * scale) v (zeros for a row that sees no token); scores [B, H, R, T] float32
+ * holds the softmax's probabilities; raw [B, H, R, T] float32 (unless NULL) the scaled scores before it (-inf where
+ * hidden). Heads b * H + h in [first, last) only. Returns 0, or a negative number for shapes it does not take. */
 int hh_dense_attention(int64_t B, int64_t H, int64_t R, int64_t D, int64_t T, int64_t dtype, int64_t bf16_query,
                        float scale, const float *q, const void *keys, const void *values, const int64_t *strides,
                        const int64_t *heads, const int64_t *index, const uint8_t *keep, float *scores, float *raw,

@@ -197,7 +197,8 @@ static inline __attribute__((always_inline)) void add_int4_values_avx512(
         for (int64_t j = 0; j < pieces; j++) {
             __m512 even, odd;
             table16(codes + t * half + 16 * j, table, &even, &odd);
-            even = _mm512_fmadd_ps(even, _mm512_permutexvar_ps(group_even[j], s), _mm512_permutexvar_ps(group_even[j], z));
+            even = _mm512_fmadd_ps(even, _mm512_permutexvar_ps(group_even[j], s),
+                                   _mm512_permutexvar_ps(group_even[j], z));
             odd = _mm512_fmadd_ps(odd, _mm512_permutexvar_ps(group_odd[j], s), _mm512_permutexvar_ps(group_odd[j], z));
             for (int64_t r = 0; r < R; r++) {
                 ae[r][j] = _mm512_fmadd_ps(w[r], even, ae[r][j]);
@@ -285,7 +286,8 @@ static inline __attribute__((always_inline)) void add_grouped_values_avx512(
 
 /* Scores of R query rows against T int4 keys (scale and zero per channel per group of kg tokens) of one head:
  * per group, the scaled query and its dot with the zeros, then one pass over each token's codes. */
-static inline __attribute__((always_inline)) void int4_scores(int64_t R, int64_t D, int64_t T, int64_t kg, const float *q, const uint8_t *codes,
+static inline __attribute__((always_inline)) void int4_scores(int64_t R, int64_t D, int64_t T, int64_t kg,
+                                                             const float *q, const uint8_t *codes,
                         const uint16_t *scales, const uint16_t *zeros, float *scores) {
     const int64_t half = D / 2;
     float q_even[MAX_ROWS][MAX_HALF], q_odd[MAX_ROWS][MAX_HALF], even[MAX_HALF], odd[MAX_HALF];
@@ -333,7 +335,8 @@ static inline __attribute__((always_inline)) void int4_scores(int64_t R, int64_t
 
 /* Scores against T codebook keys (tq4: a 16-entry codebook value per channel, times the token's norm), the query
  * already in the codebook's rotated space. */
-static inline __attribute__((always_inline)) void codebook_scores(int64_t R, int64_t D, int64_t T, const float *q, const uint8_t *codes,
+static inline __attribute__((always_inline)) void codebook_scores(int64_t R, int64_t D, int64_t T, const float *q,
+                                                                 const uint8_t *codes,
                             const float *codebook, const float *norms, float *scores) {
     const int64_t half = D / 2;
     float q_even[MAX_ROWS][MAX_HALF], q_odd[MAX_ROWS][MAX_HALF], even[MAX_HALF], odd[MAX_HALF], table[16];
@@ -368,7 +371,8 @@ static inline __attribute__((always_inline)) void codebook_scores(int64_t R, int
 /* acc [R, D] = alpha * acc + sum_t p[r, t] v_t for T int4 values (scale and zero per token per group of vg
  * channels): sum_t p_t (z + s c) = sum_t p_t z (per channel group) + sum_t (p_t s) c, even and odd channels
  * apart. */
-static inline __attribute__((always_inline)) void add_int4_values(int64_t R, int64_t D, int64_t T, int64_t vg, const float *weights, const uint8_t *codes,
+static inline __attribute__((always_inline)) void add_int4_values(int64_t R, int64_t D, int64_t T, int64_t vg,
+                                                                 const float *weights, const uint8_t *codes,
                             const uint16_t *scales, const uint16_t *zeros, const float *alpha, float *acc) {
     const int64_t half = D / 2, vgroups = D / vg, group_half = vg / 2;
 #ifdef HAVE_AVX512
@@ -435,7 +439,8 @@ static inline __attribute__((always_inline)) void add_int4_values(int64_t R, int
 
 /* One head's scores [R, T] -> the chunk's attention step: bias added (or NULL), the online softmax's update of m
  * and l, and acc rescaled and added p.v of the int4 values. */
-static inline __attribute__((always_inline)) void attend_int4_values(int64_t R, int64_t D, int64_t T, int64_t vg, float *scores, const float *bias,
+static inline __attribute__((always_inline)) void attend_int4_values(int64_t R, int64_t D, int64_t T, int64_t vg,
+                                                                    float *scores, const float *bias,
                                const uint8_t *codes, const uint16_t *scales, const uint16_t *zeros, float *m, float *l,
                                float *acc) {
     if (bias)
@@ -692,7 +697,8 @@ int hh_int4_gathered(int64_t B, int64_t S, int64_t R, int64_t D, int64_t k, int6
             const int64_t t = tokens[j];
             const uint8_t *c = vcodes + t * half;
             for (int64_t g = 0; g < vgroups; g++) { /* a group is vg channels: vg / 2 bytes */
-                const float scale = half_to_float(vscale[t * vgroups + g]), zero = half_to_float(vzero[t * vgroups + g]);
+                const float scale = half_to_float(vscale[t * vgroups + g]);
+                const float zero = half_to_float(vzero[t * vgroups + g]);
                 for (int64_t i = g * vg / 2; i < (g + 1) * vg / 2; i++) {
                     row[2 * i] = zero + scale * (float)(c[i] & 15);
                     row[2 * i + 1] = zero + scale * (float)(c[i] >> 4);
