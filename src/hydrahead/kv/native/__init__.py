@@ -187,6 +187,20 @@ def _over_threads(run, heads: int, tokens: int, align: int = 1) -> None:
         raise RuntimeError(f"the native kernel refused its arguments (codes {codes}) after its checks accepted them")
 
 
+def _step_inputs(m: torch.Tensor, l: torch.Tensor, acc: torch.Tensor, bias: torch.Tensor | None, shape: tuple
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """An online-softmax step's state as the kernels update it (float32 copies, contiguous: the caller's tensors stay
+    untouched) and its bias expanded to `shape` [B, H, R, t] (or None)."""
+    m, l, acc = (x.float().contiguous().clone() for x in (m, l, acc))
+    return m, l, acc, None if bias is None else bias.float().expand(*shape).contiguous()
+
+
+def _per_token(scale: torch.Tensor | None, B: int, H: int, t: int) -> torch.Tensor | None:
+    """A scale given per tensor, head or token as float32 [B, H, t] (None stays None); RuntimeError for another
+    shape."""
+    return None if scale is None else scale.float().expand(B, H, t, 1).reshape(B, H, t).contiguous()
+
+
 def _inner_contiguous(t: torch.Tensor) -> bool:
     return t.stride(-1) == 1 and (t.dim() < 4 or t.stride(-2) == t.shape[-1])
 
@@ -243,9 +257,7 @@ def chunk(q: torch.Tensor, keys: QTensor, values: QTensor, bias: torch.Tensor | 
     tensors, strides = layout
     n_keys = len(tensors) - 3
     q = key_format.key_query(q).float().contiguous()  # tq4: the query rotated once instead of every key unrotated
-    m, l, acc = m.float().contiguous().clone(), l.float().contiguous().clone(), acc.float().contiguous().clone()
-    if bias is not None:
-        bias = bias.float().expand(B, H, R, t).contiguous()
+    m, l, acc, bias = _step_inputs(m, l, acc, bias, (B, H, R, t))
     key_pointers, table = _key_arguments(key_format, tensors[:n_keys], q)
     tail = [x.data_ptr() for x in tensors[n_keys:]] + [strides.data_ptr(), None if bias is None else bias.data_ptr(),
                                                        m.data_ptr(), l.data_ptr(), acc.data_ptr()]
@@ -272,16 +284,12 @@ def _grouped_chunk(q: torch.Tensor, keys: QTensor, values: QTensor, bias: torch.
     if t < 1 or not all(x.dtype == torch.uint8 and tuple(x.shape) == shape and _inner_contiguous(x)
                         for x, shape in zip(tensors, shapes)):
         return None
-    tensor_scales = []
-    for x in (keys, values):  # nvfp4's per-block float32 scale, one per token here
-        scale = x.scales.get("tensor_scale")
-        tensor_scales.append(None if scale is None else scale.float().expand(B, H, t, 1).reshape(B, H, t).contiguous())
+    # nvfp4's per-block float32 scale, one per token here
+    tensor_scales = [_per_token(x.scales.get("tensor_scale"), B, H, t) for x in (keys, values)]
     strides = torch.tensor([s for x in tensors for s in x.stride()[:2]], dtype=torch.int64)
     table = torch.tensor(E2M1_VALUES + tuple(-v for v in E2M1_VALUES), dtype=torch.float32)
     q = q.float().contiguous()
-    m, l, acc = m.float().contiguous().clone(), l.float().contiguous().clone(), acc.float().contiguous().clone()
-    if bias is not None:
-        bias = bias.float().expand(B, H, R, t).contiguous()
+    m, l, acc, bias = _step_inputs(m, l, acc, bias, (B, H, R, t))
     pointer = (lambda x: None if x is None else x.data_ptr())
     run = functools.partial(_library.hh_grouped_chunk, B, H, R, D, t, group, kind, table.data_ptr(), q.data_ptr(),
                             tensors[0].data_ptr(), tensors[1].data_ptr(), pointer(tensor_scales[0]),
@@ -315,8 +323,7 @@ def gathered(q: torch.Tensor, keys: QTensor, values: QTensor, heads: torch.Tenso
         strides = torch.cat([strides[:4], torch.zeros(2, dtype=torch.int64), strides[4:]])
     table = key_format.codebook.contiguous().float() if codebook else None
     q = key_format.key_query(q).float().contiguous()
-    m, l, acc = m.float().contiguous().clone(), l.float().contiguous().clone(), acc.float().contiguous().clone()
-    bias = bias.float().expand(B, S, R, index.shape[-1]).contiguous()
+    m, l, acc, bias = _step_inputs(m, l, acc, bias, (B, S, R, index.shape[-1]))
     pointer = (lambda x: None if x is None else x.data_ptr())
     run = functools.partial(_library.hh_int4_gathered, B, S, R, D, index.shape[-1], key_format.group_size if not
                             codebook else 1, value_format.group_size, int(codebook), q.data_ptr(), heads.data_ptr(),

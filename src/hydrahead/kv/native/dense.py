@@ -9,7 +9,7 @@ import functools
 
 import torch
 
-from . import MAX_ROWS, _over_threads, _ready
+from . import MAX_ROWS, _over_threads, _per_token, _ready, _step_inputs
 from . import available as _available
 
 DTYPES = {torch.float32: 0, torch.bfloat16: 1}
@@ -43,24 +43,17 @@ def attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: 
             and D == key.shape[3] and D <= MAX_DIM and T > 0 and key.stride(-1) == 1 and value.stride(-1) == 1
             and (heads is not None or H == key.shape[1]) and _ready(R, q.device)):
         return None
-    keep_alive = []  # tensors whose pointers the kernel reads: kept referenced until it returns
-    pointers = []
-    for name, t in (("heads", heads), ("index", index), ("keep", keep)):
-        if t is None:
-            pointers.append(None)
-            continue
-        if name == "heads":
-            t = torch.as_tensor(heads, dtype=torch.int64)
-            if t.shape != (H,) or not bool(((t >= 0) & (t < key.shape[1])).all()):
-                raise ValueError(f"heads must name {H} KV heads in [0, {key.shape[1]}), got {heads}")
-        elif name == "index":
-            t = t.to(torch.int64).expand(B, H, T).contiguous()
-            if not bool(((t >= 0) & (t < N)).all()):
-                raise ValueError(f"token index out of range [0, {N})")
-        else:
-            t = t.to(torch.uint8).expand(B, H, T).contiguous()
-        keep_alive.append(t)
-        pointers.append(t.data_ptr())
+    if heads is not None:
+        heads = torch.as_tensor(heads, dtype=torch.int64)
+        if heads.shape != (H,) or not bool(((heads >= 0) & (heads < key.shape[1])).all()):
+            raise ValueError(f"heads must name {H} KV heads in [0, {key.shape[1]}), got {heads.tolist()}")
+    if index is not None:
+        index = index.to(torch.int64).expand(B, H, T).contiguous()
+        if not bool(((index >= 0) & (index < N)).all()):
+            raise ValueError(f"token index out of range [0, {N})")
+    if keep is not None:
+        keep = keep.to(torch.uint8).expand(B, H, T).contiguous()
+    pointers = [None if x is None else x.data_ptr() for x in (heads, index, keep)]  # the tensors stay referenced
     bf16_query = q.dtype == torch.bfloat16  # its numbers stay exact where the kernel rounds to bfloat16
     q = q.float().contiguous()
     strides = torch.tensor([*key.stride()[:3], *value.stride()[:3]], dtype=torch.int64)
@@ -114,11 +107,8 @@ def takes_chunk(key_format, value_format) -> bool:
 def _per_token_scale(x, B: int, H: int, t: int) -> torch.Tensor | None | bool:
     """A QTensor's scale as float32 [B, H, t] (one per tensor, head or token), None without one, False for a shape
     the kernel cannot take."""
-    scale = x.scales.get("scale")
-    if scale is None:
-        return None
     try:
-        return scale.float().expand(B, H, t, 1).reshape(B, H, t).contiguous()
+        return _per_token(x.scales.get("scale"), B, H, t)
     except RuntimeError:
         return False
 
@@ -139,9 +129,7 @@ def chunk(q: torch.Tensor, keys, values, bias: torch.Tensor | None, m: torch.Ten
     if key_scale is False or value_scale is False:
         return None
     q = q.float().contiguous()
-    m, l, acc = m.float().contiguous().clone(), l.float().contiguous().clone(), acc.float().contiguous().clone()
-    if bias is not None:
-        bias = bias.float().expand(B, H, R, t).contiguous()
+    m, l, acc, bias = _step_inputs(m, l, acc, bias, (B, H, R, t))
     strides = torch.tensor([*kp.stride()[:3], *vp.stride()[:3]], dtype=torch.int64)
     run = functools.partial(_kernels().hh_dense_chunk, B, H, R, D, t, CHUNK_DTYPES[kp.dtype], q.data_ptr(),
                             kp.data_ptr(), vp.data_ptr(), strides.data_ptr(),
