@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from .batch_ops import BatchOps
 from .errors import HydraheadError
 
 
@@ -22,7 +23,7 @@ class CacheError(HydraheadError):
     pass
 
 
-class KVLayer(CacheLayerMixin):
+class KVLayer(BatchOps, CacheLayerMixin):
     """Keys and values [B, H, T, D] of one layer's cached KV heads, appended in place into a buffer that
     doubles when full, so a decode step writes one token instead of copying the whole cache."""
 
@@ -83,16 +84,7 @@ class KVLayer(CacheLayerMixin):
         self.length = 0
         self.is_initialized = False
 
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self.batch_select_indices(beam_idx)
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self._map_batch(lambda t: t.index_select(0, indices.to(t.device)))
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self._map_batch(lambda t: t.repeat_interleave(repeats, dim=0))
-
-    def _map_batch(self, fn) -> None:
+    def map_batch(self, fn) -> None:
         if self._keys is None:
             return
         self._keys, self._values = fn(self._keys), fn(self._values)
@@ -137,7 +129,7 @@ class GDNState:
         self.recurrent = None if self.recurrent is None else fn(self.recurrent)
 
 
-class HydraCache(Cache):
+class HydraCache(BatchOps, Cache):
     """One KV layer and one GDN state per decoder layer of a hydrahead model (`config.hydrahead` holds the
     plan). `kv_layers` replaces the plain KV layers (a quantized KV cache passes its own); without them, a
     plan with `kv_formats` gets quantized layers in those formats (`hydrahead.kv.cache.plan_layers`), any
@@ -183,19 +175,11 @@ class HydraCache(Cache):
         state = self.gdn[layer_idx]
         state.conv, state.recurrent = conv, recurrent
 
-    # -- batch operations (beam search, contrastive search)
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self.batch_select_indices(beam_idx)
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
+    def map_batch(self, fn) -> None:
+        """Batch operations (beam search, contrastive search) reach the KV layers and the GDN states alike."""
         for layer, state in zip(self.layers, self.gdn):
-            layer.batch_select_indices(indices)
-            state.map_batch(lambda t: t.index_select(0, indices.to(t.device)))
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        for layer, state in zip(self.layers, self.gdn):
-            layer.batch_repeat_interleave(repeats)
-            state.map_batch(lambda t: t.repeat_interleave(repeats, dim=0))
+            layer.map_batch(fn)
+            state.map_batch(fn)
 
     def crop(self, max_length: int) -> None:
         raise CacheError("a hybrid cache cannot be cropped: its GDN states cannot be rolled back")

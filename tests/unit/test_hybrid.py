@@ -348,3 +348,29 @@ def test_gamma_calibrated_to_the_original_heads_output_scale():
         error = {name: (m(x).logits - reference).pow(2).mean().item() for name, m in
                  (("plain", plain), ("calibrated", calibrated))}
     assert error["calibrated"] < 0.5 * error["plain"], error
+
+
+def test_batch_operations_reach_the_kv_layers_and_the_gdn_states():
+    """Selecting and repeating batch rows (what beam search does to a cache) moves the FA keys / values and the
+    GDN states together: the next step equals a full forward of the rows chosen, and beam search decodes the same
+    with the cache as without it."""
+    model = tiny(seed=5)
+    model = randomise_new_parameters(convert(model, mixed_plan(model), HybridOptions(logscale_length=8)))
+    x, step = ids(3, 20, seed=4), ids(3, 1, seed=5)
+    with torch.no_grad():
+        cache = output_cache(model(x, use_cache=True))
+        assert isinstance(cache, HydraCache) and any(s.recurrent is not None for s in cache.gdn)
+        rows = torch.tensor([2, 0])
+        cache.batch_select_indices(rows)
+        got = model(step[rows], past_key_values=cache).logits
+        want = model(torch.cat([x, step], dim=1)[rows]).logits[:, -1:]
+        assert (got - want).abs().max().item() < 1e-4
+        cache.batch_repeat_interleave(2)  # rows 2, 2, 0, 0 of the 21 tokens so far
+        nxt = ids(4, 1, seed=6)
+        got = model(nxt, past_key_values=cache).logits
+        want = model(torch.cat([torch.cat([x, step], dim=1)[[2, 2, 0, 0]], nxt], dim=1)).logits[:, -1:]
+        assert (got - want).abs().max().item() < 1e-4
+        beams = dict(num_beams=3, max_new_tokens=5, do_sample=False, early_stopping=True)
+        cached = model.generate(x[:1], use_cache=True, **beams)
+        uncached = model.generate(x[:1], use_cache=False, **beams)
+    assert torch.equal(cached, uncached)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicLayer
 
+from ..batch_ops import BatchOps
 from ..errors import HydraheadError
 from .base import KVFormat, KVFormatError, QTensor
 from .packed import PackedBlocks
@@ -26,7 +27,7 @@ def check_sizes(window: int, sink: int, block_size: int) -> None:
                            f"got {block_size}")
 
 
-class QuantizedKVLayer(DynamicLayer):
+class QuantizedKVLayer(BatchOps, DynamicLayer):
     """Keys and values of one attention layer: the first `sink` tokens and the last `window` to
     `window + block_size - 1` tokens in the model's dtype, everything between in quantized blocks.
 
@@ -186,16 +187,7 @@ class QuantizedKVLayer(DynamicLayer):
         self._clear()
         super().reset()
 
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self.batch_select_indices(beam_idx)
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self._map_batch(lambda t: t.index_select(0, indices.to(t.device)))
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self._map_batch(lambda t: t.repeat_interleave(repeats, dim=0))
-
-    def _map_batch(self, fn) -> None:
+    def map_batch(self, fn) -> None:
         """Apply a batch-dim operation to every stored tensor; quantized codes are moved, never re-encoded."""
         if not self.is_initialized:
             return

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import CacheLayerMixin
 
+from ..batch_ops import BatchOps
 from .layer import KVCacheError, QuantizedKVLayer, sum_parts
 from .view import KVView
 
@@ -69,7 +70,7 @@ def view_parts(view) -> list[tuple[KVView, list[int]]]:
     return view.parts if isinstance(view, MixedKVView) else [(view, list(range(view.num_heads)))]
 
 
-class MixedKVLayer(CacheLayerMixin):
+class MixedKVLayer(BatchOps, CacheLayerMixin):
     """The cached KV heads of one layer in groups (positions, QuantizedKVLayer): each group's heads are stored in
     its layer's formats, sink, window and block size. `update` returns a MixedKVView of every token so far."""
 
@@ -129,16 +130,9 @@ class MixedKVLayer(CacheLayerMixin):
         self.length = 0
         self.is_initialized = False
 
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self.batch_select_indices(beam_idx)
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
+    def map_batch(self, fn) -> None:
         for _, layer in self.groups:
-            layer.batch_select_indices(indices)
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        for _, layer in self.groups:
-            layer.batch_repeat_interleave(repeats)
+            layer.map_batch(fn)
 
     def crop(self, tokens_to_remove: int) -> None:
         raise KVCacheError("a quantized KV cache cannot be cropped (quantized tokens cannot be restored)")
