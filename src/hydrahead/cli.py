@@ -576,6 +576,10 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument(*flag("checkpoint_every"), type=int, help=f"steps between checkpoints {config_default('checkpoint_every')}")
     ds.add_argument(*flag("max_minutes"), type=float, help="stop with a checkpoint after this long; rerun to resume "
                                                             "(default: no limit)")
+    ds.add_argument(*flag("activation_checkpointing"), action="store_true", default=None,
+                    help="distill / long: recompute each decoder layer in the backward pass instead of keeping its "
+                         "activations (less memory for long sequences, one more forward pass per layer) "
+                         f"{config_default('activation_checkpointing')}")
     ds.add_argument(*flag("parallel"), choices=["auto", "ddp", "fsdp"],
                     help="under torchrun: a replica per process (ddp) or sharded (fsdp); auto: fsdp on GPUs, else ddp "
                          f"{config_default('parallel')}")

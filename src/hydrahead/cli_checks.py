@@ -208,7 +208,7 @@ def distill_config(args):
 
     overrides = {k: getattr(args, k) for k in (
         "stage", "teacher", "plan", "init", "out", "steps", "seq_len", "batch_size", "micro_batch", "lr", "warmup",
-        "seed", "checkpoint_every", "max_minutes", "parallel")}
+        "seed", "checkpoint_every", "max_minutes", "parallel", "activation_checkpointing")}
     for item in args.set or []:
         key, sep, value = item.partition("=")
         if not sep:

@@ -52,6 +52,9 @@ BASE_PARTS = {
 }
 
 class HydraDecoderLayer(nn.Module):
+    # set by transformers' `activation_checkpointing_enable()` (the public protocol for custom models: modules with
+    # this attribute get it and `_gradient_checkpointing_func`); HydraModel's loop does the checkpointing itself
+    gradient_checkpointing = False
     """Pre-norm residual block: the hybrid attention (FA and GDN heads of this layer), then the base MLP."""
 
     def __init__(self, config, layer_idx: int, parts: BaseParts):
@@ -75,7 +78,7 @@ class HydraPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = False  # the mask is built here, in the sdpa / eager forms
     _supports_flex_attn = False
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
 
     def _init_weights(self, module):
         # transformers' `init` functions skip tensors loaded from a checkpoint
@@ -121,6 +124,14 @@ class HydraModel(HydraPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)  # [B, T, hidden]
         B, T, _ = inputs_embeds.shape
+        recompute = [layer.gradient_checkpointing for layer in self.layers] if (
+            self.training and torch.is_grad_enabled()) else [False] * len(self.layers)
+        if any(recompute):
+            # the backward pass runs each checkpointed layer again, which would write its KV and GDN states twice
+            if use_cache or cache is not None:
+                raise HydraModelError("activation checkpointing recomputes layers in the backward pass and cannot "
+                                      "write a cache: train with use_cache=False and no cache")
+            use_cache = False
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if cache is None and use_cache:
             cache = HydraCache(self.config)
@@ -135,8 +146,12 @@ class HydraModel(HydraPreTrainedModel):
                                            inputs_embeds.dtype, inputs_embeds.device)
         hidden = inputs_embeds
         position_embeddings = self.rotary_emb(hidden, position_ids)
-        for layer in self.layers:
-            hidden = layer(hidden, position_embeddings, mask, token_mask, position_ids, cache)
+        for layer, again in zip(self.layers, recompute):
+            if again:  # keep only the layer's input; its activations are recomputed in the backward pass
+                hidden = layer._gradient_checkpointing_func(layer.__call__, hidden, position_embeddings, mask,
+                                                            token_mask, position_ids, None)
+            else:
+                hidden = layer(hidden, position_embeddings, mask, token_mask, position_ids, cache)
         if cache is not None:
             cache.advance(T)
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), **cache_arg(cache))
@@ -156,6 +171,17 @@ class HydraForCausalLM(HydraPreTrainedModel, GenerationMixin):
     @property
     def head_plan(self):
         return hybrid_spec(self.config)[0]
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
+                                        every_n_layers: int = 1, offload: bool = False) -> None:
+        """transformers' activation checkpointing, with `every_n_layers` applied to the decoder layers here (they
+        are not transformers' GradientCheckpointingLayer, whose forward wrapper renames cache arguments by
+        release). Training then runs without a cache."""
+        if every_n_layers < 1:
+            raise HydraModelError(f"every_n_layers must be at least 1, got {every_n_layers}")
+        super().activation_checkpointing_enable(activation_checkpointing_kwargs, 1, offload)
+        for i, layer in enumerate(self.model.layers):
+            layer.gradient_checkpointing = i % every_n_layers == 0
 
     @property
     def hybrid_options(self):

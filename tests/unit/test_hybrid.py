@@ -374,3 +374,39 @@ def test_batch_operations_reach_the_kv_layers_and_the_gdn_states():
         cached = model.generate(x[:1], use_cache=True, **beams)
         uncached = model.generate(x[:1], use_cache=False, **beams)
     assert torch.equal(cached, uncached)
+
+
+def test_activation_checkpointing_recomputes_the_chosen_layers_with_the_same_gradients():
+    """`activation_checkpointing_enable` (transformers' API): the checkpointed layers run again in the backward
+    pass, the gradients are those of plain training, a cache is refused while training, and inference keeps it."""
+    from hydrahead.modeling import HydraModelError
+
+    model = randomise_new_parameters(convert(tiny(seed=7), mixed_plan(tiny(seed=7)), HybridOptions(logscale_length=8)))
+    x = ids(2, 24, seed=8)
+
+    def gradients():
+        model.zero_grad()
+        model(x, labels=x).loss.backward()  # checkpointed, the default is no cache
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    runs = [0] * len(model.model.layers)
+    for i, layer in enumerate(model.model.layers):
+        layer.self_attn.register_forward_hook(lambda *_, i=i: runs.__setitem__(i, runs[i] + 1))
+    model.train()
+    plain = gradients()
+    assert runs == [1, 1, 1]
+    model.activation_checkpointing_enable(every_n_layers=2)
+    assert [layer.gradient_checkpointing for layer in model.model.layers] == [True, False, True]
+    runs[:] = [0, 0, 0]
+    again = gradients()
+    assert runs == [2, 1, 2]  # layers 0 and 2 ran again in the backward pass
+    assert len(again) == len(plain) and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(again, plain))
+    with pytest.raises(HydraModelError, match="use_cache=False"):
+        model(x, use_cache=True)
+    with torch.no_grad():  # no backward, nothing recomputed: the cache works as ever
+        out = model(x, use_cache=True)
+    assert output_cache(out).get_seq_length() == 24
+    with pytest.raises(HydraModelError, match="every_n_layers"):
+        model.activation_checkpointing_enable(every_n_layers=0)
+    model.activation_checkpointing_disable()
+    assert not any(layer.gradient_checkpointing for layer in model.model.layers)

@@ -324,3 +324,18 @@ def test_head_weight_is_checked():
         TransferConfig(stage="align", plan="p.json", head_weight=-1).check()
     with pytest.raises(TransferError, match="belongs to the align stage"):
         TransferConfig(stage="distill", init="m", head_weight=1.0).check()
+
+
+def test_activation_checkpointing_trains_the_same_weights(tiny):
+    """distill with every decoder layer recomputed in the backward pass ends at the weights of plain training;
+    align, whose forward hooks a recompute would miss, refuses it."""
+    train_stage(config_for(tiny, "ac_align"), progress=False)
+    init = str(tiny / "ac_align" / "model")
+    plain = weights(train_stage(config_for(tiny, "ac_plain", stage="distill", plan=None, init=init), progress=False))
+    again = weights(train_stage(config_for(tiny, "ac_recomputed", stage="distill", plan=None, init=init,
+                                           activation_checkpointing=True), progress=False))
+    assert plain.keys() == again.keys()
+    assert all(torch.allclose(plain[k], again[k], atol=1e-5) for k in plain)
+    assert any(not torch.equal(plain[k], weights(init)[k]) for k in plain)  # and training did move them
+    with pytest.raises(TransferError, match="activation_checkpointing is for the distill and long stages"):
+        config_for(tiny, "ac_bad", activation_checkpointing=True).check()

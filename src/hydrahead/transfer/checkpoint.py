@@ -24,7 +24,8 @@ FIXED = ("stage", "teacher", "plan", "init", "seq_len", "batch_size", "seed", "m
 # the optimizer and its schedule (which depends on steps): a change is refused unless asked for by name
 CHANGEABLE = ("steps", "lr", "warmup", "min_lr_ratio", "weight_decay", "grad_clip", "kl_weight", "ce_weight",
               "temperature", "head_weight")
-# micro_batch, parallel, checkpoint_every, max_minutes and out do not change what is trained
+# micro_batch, parallel, activation_checkpointing, checkpoint_every, max_minutes and out do not change what is
+# trained
 
 
 def run_digests(config: TransferConfig) -> dict[str, str]:

@@ -43,6 +43,8 @@ class TransferConfig:
     checkpoint_every: int = 50
     mixture: dict[str, float] | None = None  # task -> weight; default: the teacher's corpus mixture
     options: dict = field(default_factory=dict)  # HybridOptions for the conversion (fusion, fa_position, ...)
+    activation_checkpointing: bool = False  # distill / long: keep each decoder layer's input only and recompute
+    # the layer in the backward pass (less memory for long sequences, one more forward pass per layer)
     max_minutes: float | None = None  # stop with a checkpoint after this long; run again to resume
     parallel: str = "auto"  # under torchrun: ddp (a replica per process) | fsdp (sharded) | auto (fsdp on GPUs)
 
@@ -67,6 +69,11 @@ class TransferConfig:
             raise TransferError(f"head_weight must be at least 0, got {self.head_weight}")
         if self.head_weight and self.stage != "align":
             raise TransferError(f"head_weight belongs to the align stage; stage {self.stage!r} has no per-head loss")
+        if self.activation_checkpointing and self.stage == "align":
+            # align reads and replaces layer inputs and outputs with forward hooks that are gone by the backward
+            # pass: a recomputed layer would see other inputs and give wrong gradients
+            raise TransferError("activation_checkpointing is for the distill and long stages; align trains only the "
+                                "attention on teacher-forced inputs and needs little memory")
         if self.lr <= 0 or self.temperature <= 0:
             raise TransferError("lr and temperature must be positive")
         if self.stage != "long" and (self.plan is None) == (self.init is None):

@@ -159,6 +159,8 @@ def train_stage(config: TransferConfig, progress: bool = True, change_on_resume=
     for p in stage.trainable(student):
         p.requires_grad_(True)
     student.train()
+    if config.activation_checkpointing:
+        student.activation_checkpointing_enable()
     model = dist.wrap(student, config.parallel)
     params = stage.trainable(student)  # after wrapping: FSDP replaces the parameters with sharded ones
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
