@@ -118,7 +118,10 @@ class HydraModel(HydraPreTrainedModel):
 
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, cache: HydraCache | None = None,
-                inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None) -> BaseModelOutputWithPast:
+                inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None,
+                output_hidden_states: bool | None = None) -> BaseModelOutputWithPast:
+        """`output_hidden_states`: the input of every decoder layer and the final normed output (transformers'
+        convention: num_hidden_layers + 1 tensors [B, T, hidden])."""
         if (input_ids is None) == (inputs_embeds is None):
             raise HydraModelError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
@@ -146,7 +149,10 @@ class HydraModel(HydraPreTrainedModel):
                                            inputs_embeds.dtype, inputs_embeds.device)
         hidden = inputs_embeds
         position_embeddings = self.rotary_emb(hidden, position_ids)
+        states = [] if output_hidden_states else None
         for layer, again in zip(self.layers, recompute):
+            if states is not None:
+                states.append(hidden)
             if again:  # keep only the layer's input; its activations are recomputed in the backward pass
                 hidden = layer._gradient_checkpointing_func(layer.__call__, hidden, position_embeddings, mask,
                                                             token_mask, position_ids, None)
@@ -154,7 +160,11 @@ class HydraModel(HydraPreTrainedModel):
                 hidden = layer(hidden, position_embeddings, mask, token_mask, position_ids, cache)
         if cache is not None:
             cache.advance(T)
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), **cache_arg(cache))
+        hidden = self.norm(hidden)
+        if states is not None:
+            states.append(hidden)
+        return BaseModelOutputWithPast(last_hidden_state=hidden, hidden_states=tuple(states) if states else None,
+                                       **cache_arg(cache))
 
 
 class HydraForCausalLM(HydraPreTrainedModel, GenerationMixin):
@@ -172,6 +182,10 @@ class HydraForCausalLM(HydraPreTrainedModel, GenerationMixin):
     def head_plan(self):
         return hybrid_spec(self.config)[0]
 
+    @property
+    def hybrid_options(self):
+        return hybrid_spec(self.config)[1]
+
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
                                         every_n_layers: int = 1, offload: bool = False) -> None:
         """transformers' activation checkpointing, with `every_n_layers` applied to the decoder layers here (they
@@ -183,10 +197,6 @@ class HydraForCausalLM(HydraPreTrainedModel, GenerationMixin):
         for i, layer in enumerate(self.model.layers):
             layer.gradient_checkpointing = i % every_n_layers == 0
 
-    @property
-    def hybrid_options(self):
-        return hybrid_spec(self.config)[1]
-
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, past_key_values: HydraCache | None = None,
                 cache: HydraCache | None = None, inputs_embeds: torch.Tensor | None = None,
@@ -195,16 +205,17 @@ class HydraForCausalLM(HydraPreTrainedModel, GenerationMixin):
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
                 ) -> CausalLMOutputWithPast:
         """`past_key_values` and `cache` are the same argument under the names of transformers before and
-        from 5.24 (`hydrahead.compat`); `return_dict=False` is refused, as are attention weights and hidden-state
-        outputs."""
+        from 5.24 (`hydrahead.compat`). `output_hidden_states` as transformers' models give them;
+        `return_dict=False` gives the output's tuple. Attention weights are refused: the GDN heads have none, and
+        the FA heads' come from attention functions that do not return them."""
         if past_key_values is not None and cache is not None and past_key_values is not cache:
             raise HydraModelError("pass the cache as `cache` or as `past_key_values`, not two different caches")
-        if return_dict is False or output_attentions or output_hidden_states:
-            raise HydraModelError("a hydrahead model returns a CausalLMOutputWithPast only: return_dict=False, "
-                                  "output_attentions and output_hidden_states are not supported (use forward hooks)")
+        if output_attentions:
+            raise HydraModelError("output_attentions is not supported: a hybrid layer's GDN heads have no attention "
+                                  "weights (hook the FA branch, hydrahead.attention.full.FABranch, for its inputs)")
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          cache=cache if cache is not None else past_key_values, inputs_embeds=inputs_embeds,
-                         use_cache=use_cache)
+                         use_cache=use_cache, output_hidden_states=output_hidden_states)
         model_cache = out[CACHE_KWARG] if CACHE_KWARG in out else None
         hidden = out.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
@@ -213,7 +224,9 @@ class HydraForCausalLM(HydraPreTrainedModel, GenerationMixin):
         if labels is not None:
             shifted = logits[:, :-1].float()
             loss = F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, **cache_arg(model_cache))
+        result = CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=out.hidden_states,
+                                        **cache_arg(model_cache))
+        return result if return_dict is not False else result.to_tuple()
 
     def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
         """`GenerationMixin.generate` with the model's own cache: a `HydraCache` unless one is passed (or

@@ -76,6 +76,25 @@ def test_all_fa_rope_concat_is_exact(arch, attn):
     assert (got - expected)[real].abs().max().item() < 1e-5
 
 
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+def test_hidden_states_and_tuples_as_transformers_gives_them(arch):
+    """output_hidden_states and return_dict=False: an exact conversion gives the original's hidden states (every
+    layer's input and the final normed output) and the same tuple; attention weights are refused by name."""
+    model = tiny(arch, seed=2)
+    x = ids(2, 19, seed=5)
+    with torch.no_grad():
+        theirs = model(x, output_hidden_states=True)
+        hybrid = convert(model, HeadPlan.full_attention(model.config), HybridOptions(fusion="concat", fa_position="rope"))
+        ours = hybrid(x, output_hidden_states=True)
+        as_tuple = hybrid(x, return_dict=False, use_cache=False)
+    assert len(ours.hidden_states) == len(theirs.hidden_states) == model.config.num_hidden_layers + 1
+    assert all((a - b).abs().max().item() < 1e-5 for a, b in zip(ours.hidden_states, theirs.hidden_states))
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], ours.logits)
+    assert hybrid(x[:, :3]).hidden_states is None  # only when asked
+    with pytest.raises(HydraheadError, match="output_attentions is not supported"):
+        hybrid(x, output_attentions=True)
+
+
 @pytest.mark.parametrize("fusion", ["scale", "concat", "gate"])
 @pytest.mark.parametrize("fa_position", ["nope_logscale", "rope"])
 def test_save_load_round_trip(tmp_path, fusion, fa_position):
