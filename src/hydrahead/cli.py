@@ -323,7 +323,7 @@ def _pipeline(args) -> int:
 
     settings = {k: getattr(args, k) for k in ("teacher", "out", "ratio", "granularity", "limit", "seed",
                                               "align_steps", "distill_steps", "long_steps", "fa_position",
-                                              "head_weight")}
+                                              "head_weight", "activation_checkpointing")}
     settings = {k: v for k, v in settings.items() if v is not None}
     cfg = PipelineConfig.quick(**settings) if args.quick else PipelineConfig(**settings)
     run_pipeline(cfg, args.results, progress=not args.quiet)
@@ -606,6 +606,9 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument(*flag("long_steps"), type=int, help=f"stage 3 steps {pipeline_default('long_steps')}")
     pp.add_argument(*flag("fa_position"), choices=["nope_logscale", "rope", "rope_clamped"],
                     help=f"the FA heads' positions {pipeline_default('fa_position')}")
+    pp.add_argument(*flag("activation_checkpointing"), action="store_true", default=None,
+                    help="distill and long stages: recompute each decoder layer in the backward pass (less memory "
+                         f"for long sequences) {pipeline_default('activation_checkpointing')}")
     pp.add_argument(*flag("head_weight"), type=float,
                     help=f"align: weight of the per-head MSE against the original heads {pipeline_default('head_weight')}")
     pp.add_argument(*flag("limit"), type=int,

@@ -339,3 +339,21 @@ def test_activation_checkpointing_trains_the_same_weights(tiny):
     assert any(not torch.equal(plain[k], weights(init)[k]) for k in plain)  # and training did move them
     with pytest.raises(TransferError, match="activation_checkpointing is for the distill and long stages"):
         config_for(tiny, "ac_bad", activation_checkpointing=True).check()
+
+
+def test_the_pipeline_asks_distill_and_long_for_activation_checkpointing(tmp_path, monkeypatch):
+    from hydrahead.transfer.pipeline import PipelineConfig, train_hybrid
+
+    seen = {}
+
+    def fake_train_stage(config, progress=True):
+        config.check()
+        seen[config.stage] = config.activation_checkpointing
+        (Path(config.out) / "model").mkdir(parents=True)
+        (Path(config.out) / "model" / "config.json").write_text("{}")
+        return Path(config.out) / "model"
+
+    monkeypatch.setattr(loop_module, "train_stage", fake_train_stage)
+    train_hybrid(PipelineConfig(activation_checkpointing=True), tmp_path / "plan.json", tmp_path / "run", 256,
+                 progress=False)
+    assert seen == {"align": False, "distill": True, "long": True}

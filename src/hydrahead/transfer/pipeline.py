@@ -30,6 +30,7 @@ class PipelineConfig:
     fa_position: str = "nope_logscale"  # the FA heads' positions (HybridOptions.fa_position): nope_logscale | rope | rope_clamped
     head_weight: float = 0.0  # align: weight of the per-head MSE against the original heads (0: layer MSE only)
     batch_size: int = 8
+    activation_checkpointing: bool = False  # distill and long: recompute each layer in the backward pass (memory)
     lr: float = 1e-3
     tasks: str = "niah_single_1,niah_multikey_1,niah_multivalue,vt"
     factors: tuple[int, ...] = (1, 2, 4, 8, 16)
@@ -130,9 +131,10 @@ def train_hybrid(cfg: PipelineConfig, plan: str | Path, out: Path, native: int, 
         raise ValueError(f"stage_settings: unknown stage {unknown[0]!r}; stages are {', '.join(STAGES)}")
     from .loop import train_stage
 
+    recompute = {"activation_checkpointing": cfg.activation_checkpointing}  # align refuses it (config.py)
     stages = [("align", cfg.align_steps, native, {"plan": str(plan), "options": options or {}}),
-              ("distill", cfg.distill_steps, native, {"init": str(out / "align" / "model")}),
-              ("long", cfg.long_steps, native * cfg.long_factor, {"init": str(out / "distill" / "model")})]
+              ("distill", cfg.distill_steps, native, {"init": str(out / "align" / "model"), **recompute}),
+              ("long", cfg.long_steps, native * cfg.long_factor, {"init": str(out / "distill" / "model"), **recompute})]
     for stage, steps, seq_len, source in stages:
         if (out / stage / "model" / "config.json").exists():
             continue
