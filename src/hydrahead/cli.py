@@ -608,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"the FA heads' positions {pipeline_default('fa_position')}")
     pp.add_argument(*flag("activation_checkpointing"), action="store_true", default=None,
                     help="distill and long stages: recompute each decoder layer in the backward pass (less memory "
-                         f"for long sequences) {pipeline_default('activation_checkpointing')}")
+                         "for long sequences; default: off)")
     pp.add_argument(*flag("head_weight"), type=float,
                     help=f"align: weight of the per-head MSE against the original heads {pipeline_default('head_weight')}")
     pp.add_argument(*flag("limit"), type=int,
