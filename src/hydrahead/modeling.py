@@ -52,10 +52,11 @@ BASE_PARTS = {
 }
 
 class HydraDecoderLayer(nn.Module):
+    """Pre-norm residual block: the hybrid attention (FA and GDN heads of this layer), then the base MLP."""
+
     # set by transformers' `activation_checkpointing_enable()` (the public protocol for custom models: modules with
     # this attribute get it and `_gradient_checkpointing_func`); HydraModel's loop does the checkpointing itself
     gradient_checkpointing = False
-    """Pre-norm residual block: the hybrid attention (FA and GDN heads of this layer), then the base MLP."""
 
     def __init__(self, config, layer_idx: int, parts: BaseParts):
         super().__init__()
