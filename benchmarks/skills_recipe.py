@@ -28,7 +28,7 @@ from hydrahead.selection import ScoreConfig, Scores, make_plan, score_heads
 from hydrahead.transfer.pipeline import PipelineConfig, train_hybrid
 
 TASKS = "niah_single_1,niah_multikey_1,niah_multivalue,vt"
-BUDGETS = {"quick": (20, 30, 10), "full": (100, 200, 50), "2x": (200, 400, 100)}
+BUDGETS = {"quick": (20, 30, 10), "full": (100, 200, 50), "2x": (200, 400, 100), "4x": (400, 800, 200)}
 # a distill/long mixture with twice the weight on the native-length skills the hybrids lose
 SKILLS_MIXTURE = {"niah_single_1": 0.10, "niah_multikey_1": 0.12, "niah_multikey_2": 0.06, "niah_multikey_3": 0.03,
                   "niah_multivalue": 0.20, "niah_multiquery": 0.06, "vt": 0.20, "vt_zeroshot": 0.08, "cwe": 0.08,
@@ -83,7 +83,8 @@ def main() -> None:
     ap.add_argument("--only", help="comma-separated variant names (exact); 'original' evaluates the teacher")
     ap.add_argument("--render", action="store_true", help="train nothing: tabulate the rows measured so far")
     ap.add_argument("--compare", metavar="A,B", help="train nothing: A against B per task and length, paired over "
-                                                       "the same samples and pooled over the seeds both have")
+                                                       "the same samples and pooled over the seeds both have; a side "
+                                                       "is a variant at --budget, or NAME@BUDGET")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -148,16 +149,26 @@ COLUMNS = [("niah_single_1", "512"), ("niah_multikey_1", "512"), ("niah_multival
 
 def compare(out: Path, a: str, b: str, budget: str) -> str:
     """A - B per column and over the columns at each length: the paired bootstrap of per-sample differences
-    (`hydrahead.intervals`), each seed's cell paired with the other variant's cell of the same seed."""
+    (`hydrahead.intervals`), each seed's cell paired with the other variant's cell of the same seed. A side is
+    a variant's name at `budget`, or NAME@BUDGET (one recipe at two budgets: "nope_logscale@2x,nope_logscale@full")."""
     from hydrahead.intervals import paired_comparison
 
     rows = [json.loads(p.read_text()) for p in out.glob("*/row.json")]
-    seeds = {name: {r["seed"]: cells(r["records"]) for r in rows if r["variant"] == name and r["budget"] == budget}
-             for name in (a, b)}
+    sides = {}
+    for side in (a, b):
+        name, _, at = side.partition("@")
+        if at and at not in BUDGETS:
+            raise SystemExit(f"--compare: unknown budget {at!r} in {side!r}; budgets: {', '.join(BUDGETS)}")
+        sides[side] = (name, at or budget)
+    if len(sides) < 2:
+        raise SystemExit(f"--compare needs two different sides, got {a!r} twice")
+    seeds = {side: {r["seed"]: cells(r["records"]) for r in rows if (r["variant"], r["budget"]) == key}
+             for side, key in sides.items()}
     common = sorted(set(seeds[a]) & set(seeds[b]))
     if not common:
-        raise SystemExit(f"no seed has both {a!r} and {b!r} at budget {budget!r} in {out}")
-    lines = [f"{a} - {b}, budget {budget}, seeds {common} (paired bootstrap over samples, 95%; 'beats' rule)",
+        raise SystemExit(f"no seed has both {a!r} and {b!r} (default budget {budget!r}) in {out}")
+    at = budget if "@" not in a + b else "as named"
+    lines = [f"{a} - {b}, budget {at}, seeds {common} (paired bootstrap over samples, 95%; 'beats' rule)",
              "| columns | " + a + " | " + b + " | difference [95%] | A beats B |", "|---|---:|---:|---:|---|"]
     groups = [[c] for c in COLUMNS] + [[c for c in COLUMNS if c[1] == n] for n in ("512", "8192")]
     for group in groups:
