@@ -4,8 +4,8 @@ A shape-true Qwen3-0.6B-like hybrid (hidden 1024, 16 query / 8 KV heads, head_di
 its 28 layers, `--vocab` smaller than Qwen3's so that the logits do not dominate), head-wise 7:1 (two FA query
 heads per layer), random weights. A training step is what the distill and long stages do per micro-batch:
 forward, next-token cross-entropy, backward. Each mode runs in a fresh process, so that its peak resident memory
-(`ru_maxrss`) is its own; the figure is that peak minus the memory held before the first step (weights, Adam-free
-gradients not yet allocated). Prints both modes and the ratios; the time is the median of the steps after the
+(`ru_maxrss`) is its own; the figure is that peak minus the memory held before the first step (the weights; no
+gradients yet, no optimizer). Prints both modes and the ratios; the time is the median of the steps after the
 first.
 
     OMP_NUM_THREADS=1 python benchmarks/activation_checkpointing.py --layers 4 --seq_len 2048 --steps 3

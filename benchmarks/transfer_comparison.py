@@ -515,19 +515,19 @@ def render_tasks(rows: dict, groups: dict, lengths: list[int]) -> str:
              f"and niah_single_1 >= {REACH_GOAL:g} at {keys[-1]}.", "",
              "| task | length | " + " | ".join(names) + " | recipe / teacher | goal |",
              "|---|---:|" + "---:|" * len(names) + "---:|---|"]
-    cells_ = [("retrieval", task, n) for task in recipe[0]["samples"]["retrieval"] for n in keys]
-    cells_ += [("general", task, native) for task in recipe[0]["samples"]["general"]
-               if task not in recipe[0]["samples"]["retrieval"]]  # vt is in both: its retrieval cells stand
-    for part, task, n in cells_:
+    table_rows = [("retrieval", task, n) for task in recipe[0]["samples"]["retrieval"] for n in keys]
+    table_rows += [("general", task, native) for task in recipe[0]["samples"]["general"]
+                   if task not in recipe[0]["samples"]["retrieval"]]  # vt is in both: its retrieval cells stand
+    for part, task, n in table_rows:
         text = [interval(pooled(m, part, [task], [n])) for _, m in columns]
+        ours = mean_of_groups(pooled(recipe, part, [task], [n]))
         share, goal = "", ""
         if n == native:
-            teacher, ours = mean_of_groups(pooled(original, part, [task], [n])), mean_of_groups(
-                pooled(recipe, part, [task], [n]))
+            teacher = mean_of_groups(pooled(original, part, [task], [n]))
             share = f"{100 * ours / teacher:.0f}%" if teacher else "-"
             goal = "-" if not teacher else "met" if ours >= SKILLS_GOAL / 100 * teacher else "not met"
         elif task == "niah_single_1" and n == keys[-1]:
-            goal = "met" if mean_of_groups(pooled(recipe, part, [task], [n])) >= REACH_GOAL else "not met"
+            goal = "met" if ours >= REACH_GOAL else "not met"
         lines.append(f"| {task} | {n} | " + " | ".join(text) + f" | {share} | {goal} |")
     return "\n".join(lines)
 

@@ -332,8 +332,16 @@ def test_activation_checkpointing_trains_the_same_weights(tiny):
     train_stage(config_for(tiny, "ac_align"), progress=False)
     init = str(tiny / "ac_align" / "model")
     plain = weights(train_stage(config_for(tiny, "ac_plain", stage="distill", plan=None, init=init), progress=False))
-    again = weights(train_stage(config_for(tiny, "ac_recomputed", stage="distill", plan=None, init=init,
-                                           activation_checkpointing=True), progress=False))
+    from hydrahead.modeling import HydraForCausalLM
+
+    enabled = []
+    original = HydraForCausalLM.activation_checkpointing_enable
+    with pytest.MonkeyPatch.context() as patch:  # the setting must reach the model, or the equality proves nothing
+        patch.setattr(HydraForCausalLM, "activation_checkpointing_enable",
+                      lambda self, *a, **kw: (enabled.append(True), original(self, *a, **kw)))
+        again = weights(train_stage(config_for(tiny, "ac_recomputed", stage="distill", plan=None, init=init,
+                                               activation_checkpointing=True), progress=False))
+    assert enabled == [True]
     assert plain.keys() == again.keys()
     assert all(torch.allclose(plain[k], again[k], atol=1e-5) for k in plain)
     assert any(not torch.equal(plain[k], weights(init)[k]) for k in plain)  # and training did move them
