@@ -145,10 +145,13 @@ def variants(random_seeds: int, train_seeds: int) -> dict[str, Variant]:
 
 
 def select(names: list[str], only: str | None) -> set[str]:
-    """--only: comma-separated items; an item equal to a variant's name selects that variant alone, any other
-    item every variant whose name contains it. An item that selects nothing is an error."""
+    """--only: a variant's whole name (some names hold a comma) selects that variant alone; otherwise
+    comma-separated items, where an item equal to a variant's name selects that variant alone and any other item
+    every variant whose name contains it. An item that selects nothing is an error."""
     if not only:
         return set(names)
+    if only.strip() in names:
+        return {only.strip()}
     chosen: set[str] = set()
     for item in (s.strip() for s in only.split(",")):
         hits = [item] if item in names else [n for n in names if item and item in n]

@@ -63,3 +63,15 @@ def test_the_recipe_is_measured_against_the_teacher_task_by_task(comparison):
 def test_without_the_rows_it_needs_the_table_says_so(comparison):
     rows = {"original": row({512: 100, 1024: 40}, {512: 90, 1024: 10}, cwe=20)}
     assert "needs the original and the head-wise 7:1 interp rows" in comparison.render_tasks(rows, {}, LENGTHS)
+
+
+def test_only_selects_a_name_that_holds_a_comma(comparison):
+    names = list(comparison.variants(random_seeds=2, train_seeds=2))
+    both = {"all FA (NoPE + log-scale), same three stages", "all FA (RoPE), same three stages"}
+    assert comparison.select(names, "all FA (RoPE), same three stages") == {"all FA (RoPE), same three stages"}
+    assert comparison.select(names, "head-wise 7:1 interp, concat fusion") == {"head-wise 7:1 interp, concat fusion"}
+    # items still split on commas when the whole value is no name: a substring selects every name holding it
+    assert comparison.select(names, "all FA, original") == both | {"original"}
+    assert comparison.select(names, "random") == {"head-wise 7:1 random (seed 0)", "head-wise 7:1 random (seed 1)"}
+    with pytest.raises(SystemExit, match="names no variant"):
+        comparison.select(names, "all FA, no such variant")
