@@ -43,7 +43,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "nope_logscale + head align": ({"fa_position": "nope_logscale"}, {"align": {"head_weight": 1.0}}),
     "rope + head align": ({"fa_position": "rope"}, {"align": {"head_weight": 1.0}}),
     "rope + skills mixture": ({"fa_position": "rope"}, {"distill": {"mixture": SKILLS_MIXTURE}}),
-    # the default recipe with the weight of the skills still short at 4x (niah_multivalue, vt, cwe) raised
+    # the default recipe with more weight on the skills it recovers last (niah_multivalue, vt, cwe)
     "nope_logscale + skills mixture": ({"fa_position": "nope_logscale"}, {"distill": {"mixture": SKILLS_MIXTURE}}),
 }
 
