@@ -19,29 +19,29 @@ from pathlib import Path
 from hydrahead.plots import read_log
 
 
-def log_rows(run: Path, stage: str) -> list[dict]:
+def log_rows(run: Path, stage: str) -> dict[int, dict]:
+    """The stage's logged rows by step."""
     path = run / stage / "training" / "log.jsonl"
     if not path.exists():
         raise SystemExit(f"{run.name}: no {stage} log at {path} (has the stage started?)")
-    rows = [r for r in read_log(path) if "kl" in r]
+    rows = {r["step"]: r for r in read_log(path) if "kl" in r}
     if not rows:
         raise SystemExit(f"{run.name}: {path} has no 'kl' column (only the distill and long stages log one)")
     return rows
 
 
-def window(rows: list[dict], end: int, size: int) -> dict | None:
+def window(rows: dict[int, dict], end: int, size: int) -> dict | None:
     """Mean and standard deviation of the KL over the steps (end - size, end], the learning rate at `end`;
     None when the run has not logged every step of the window."""
-    kl = {r["step"]: r["kl"] for r in rows}
     steps = range(end - size + 1, end + 1)
-    if end - size < 0 or any(s not in kl for s in steps):
+    if end - size < 0 or any(s not in rows for s in steps):
         return None
-    values = [kl[s] for s in steps]
-    lr = next(r["lr"] for r in rows if r["step"] == end)
-    return {"kl": statistics.fmean(values), "sd": statistics.stdev(values) if size > 1 else 0.0, "lr": lr}
+    values = [rows[s]["kl"] for s in steps]
+    return {"kl": statistics.fmean(values), "sd": statistics.stdev(values) if size > 1 else 0.0,
+            "lr": rows[end]["lr"]}
 
 
-def table(runs: dict[str, list[dict]], at: list[int], size: int) -> str:
+def table(runs: dict[str, dict[int, dict]], at: list[int], size: int) -> str:
     head = "| run | steps | " + " | ".join(f"KL, steps {s - size + 1}-{s} (lr at {s})" for s in at) + " |"
     lines = [head, "|---|---:|" + "---:|" * len(at)]
     for name, rows in runs.items():
@@ -49,17 +49,17 @@ def table(runs: dict[str, list[dict]], at: list[int], size: int) -> str:
         for s in at:
             w = window(rows, s, size)
             cells.append("-" if w is None else f"{w['kl']:.3f} ±{w['sd']:.3f} ({w['lr']:.1e})")
-        lines.append(f"| {name} | {max(r['step'] for r in rows)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {max(rows)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot(runs: dict[str, list[dict]], size: int, stage: str, path: Path) -> None:
+def plot(runs: dict[str, dict[int, dict]], size: int, stage: str, path: Path) -> None:
     from hydrahead.plots import _pyplot
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for name, rows in runs.items():
-        points = [(r["step"], w["kl"]) for r in rows if (w := window(rows, r["step"], size)) is not None]
+        points = [(step, w["kl"]) for step in sorted(rows) if (w := window(rows, step, size)) is not None]
         ax.plot([p[0] for p in points], [p[1] for p in points], label=name)
     ax.set_xlabel(f"{stage} step")
     ax.set_ylabel(f"KL to the teacher ({size}-step mean)")

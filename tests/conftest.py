@@ -8,6 +8,19 @@ TEACHER = ROOT / "models" / "hydrahead-teacher-3m"
 TEACHER_8L = ROOT / "models" / "hydrahead-teacher-8l"  # the deeper second teacher (8 layers, same heads and length)
 
 
+def load_script(name: str):
+    """A script of benchmarks/ imported as a module (they are not a package), for fixtures that test its pieces.
+    Registered in sys.modules while it runs, as its dataclasses look their module up; the caller removes it."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 @functools.lru_cache(maxsize=None)
 def _small_tokenizer():
     from hydrahead.teacher.corpus import tokenizer_texts

@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "transfer_comparison.py"
+from tests.conftest import load_script
+
 LENGTHS = [512, 1024]
 
 
 @pytest.fixture(scope="module")
 def comparison():
-    spec = importlib.util.spec_from_file_location("transfer_comparison", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while the script runs
     try:
-        spec.loader.exec_module(module)
-        yield module
+        yield load_script("transfer_comparison")
     finally:
-        del sys.modules[spec.name]
+        sys.modules.pop("transfer_comparison", None)
 
 
 def row(niah: dict[int, float], vt: dict[int, float], cwe: float, n: int = 4) -> dict:

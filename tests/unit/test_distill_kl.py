@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "distill_kl.py"
+from tests.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def distill_kl():
-    spec = importlib.util.spec_from_file_location("distill_kl", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
     try:
-        spec.loader.exec_module(module)
-        yield module
+        yield load_script("distill_kl")
     finally:
-        del sys.modules[spec.name]
+        sys.modules.pop("distill_kl", None)
 
 
 def write_run(root: Path, name: str, steps: int, stage: str = "distill") -> Path:
