@@ -6,10 +6,17 @@ niah_single_1, niah_multikey_1, niah_multivalue and vt at 1x and 16x the native 
 1x, `--limit` samples per cell (greedy, evaluation seed 0). Each cell is printed with a 95% bootstrap
 interval over its samples (2000 resamples of the per-sample scores). Each variant's runs and its row are kept
 in --out/<variant>, so a stopped run resumes and several copies started side by side share the variants out.
+With --rows DIR each finished row is also kept as DIR/<variant>.json and --render / --compare read DIR:
+benchmarks/rows/skills keeps the shipped teacher's rows in git (a few kB each), so the tables outlive the run
+folders (gigabytes of checkpoints, which a new machine does not have).
+
+A variant whose conversion options and align settings equal another's at the same budget and seed (a different
+distill mixture, say) takes a copy of that variant's finished align stage instead of training the same stage
+again (its folder notes where the copy came from in ALIGN_SHARED.txt).
 
     OMP_NUM_THREADS=1 python benchmarks/skills_recipe.py --budget quick --only "nope,rope"   # rank hypotheses
     OMP_NUM_THREADS=1 python benchmarks/skills_recipe.py --budget full --only "rope"         # confirm
-    python benchmarks/skills_recipe.py --render                                             # the table
+    python benchmarks/skills_recipe.py --rows benchmarks/rows/skills --render               # the table
 """
 
 from __future__ import annotations
@@ -25,15 +32,11 @@ from hydrahead.evaluation import evaluate
 from hydrahead.jsonfile import write_json_atomic
 from hydrahead.models import load_causal_lm, load_model
 from hydrahead.selection import ScoreConfig, Scores, make_plan, score_heads
+from hydrahead.transfer.config import SKILLS_MIXTURE
 from hydrahead.transfer.pipeline import PipelineConfig, train_hybrid
 
 TASKS = "niah_single_1,niah_multikey_1,niah_multivalue,vt"
 BUDGETS = {"quick": (20, 30, 10), "full": (100, 200, 50), "2x": (200, 400, 100), "4x": (400, 800, 200)}
-# a distill/long mixture with twice the weight on the native-length skills the hybrids lose
-SKILLS_MIXTURE = {"niah_single_1": 0.10, "niah_multikey_1": 0.12, "niah_multikey_2": 0.06, "niah_multikey_3": 0.03,
-                  "niah_multivalue": 0.20, "niah_multiquery": 0.06, "vt": 0.20, "vt_zeroshot": 0.08, "cwe": 0.08,
-                  "cwe_fewshot": 0.02, "fwe": 0.02, "passkey": 0.03}
-
 # name -> (conversion options, per-stage TransferConfig settings)
 VARIANTS: dict[str, tuple[dict, dict]] = {
     "nope_logscale": ({"fa_position": "nope_logscale"}, {}),
@@ -79,6 +82,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", default="models/hydrahead-teacher-3m")
     ap.add_argument("--out", default="runs/skills")
+    ap.add_argument("--rows", help="also keep each finished row as ROWS/<variant>.json; --render and --compare read "
+                                   "ROWS (default: the rows inside --out)")
     ap.add_argument("--budget", choices=sorted(BUDGETS), default="quick", help="align/distill/long steps")
     ap.add_argument("--seed", type=int, default=0, help="training seed")
     ap.add_argument("--limit", type=int, default=20, help="samples per task and length")
@@ -90,14 +95,16 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    teacher, tokenizer = load_causal_lm(args.teacher)
-    native = int(teacher.config.max_position_embeddings)
+    rows_dir = Path(args.rows) if args.rows else None
     if args.render:
-        print(render(out))
+        print(render(load_rows(out, rows_dir)))
         return
     if args.compare:
-        print(compare(out, *[name.strip() for name in args.compare.split(",")], budget=args.budget))
+        print(compare(load_rows(out, rows_dir), *[name.strip() for name in args.compare.split(",")],
+                      budget=args.budget))
         return
+    teacher, tokenizer = load_causal_lm(args.teacher)
+    native = int(teacher.config.max_position_embeddings)
     cfg = PipelineConfig(teacher=args.teacher, out=str(out), seed=args.seed)
     scores_path = out / "scores.json"  # the pipeline's full scoring (3 behaviours, 8 pairs)
     if not scores_path.exists():
@@ -110,29 +117,73 @@ def main() -> None:
     for name in names:
         if name != "original" and name not in VARIANTS:
             raise SystemExit(f"unknown variant {name!r}; variants: original, {', '.join(VARIANTS)}")
-        tag = "original" if name == "original" else f"{slug(name)}__{args.budget}__s{args.seed}"
+        tag = "original" if name == "original" else run_tag(name, args.budget, args.seed)
         folder = out / tag
+        kept = rows_dir / f"{tag}.json" if rows_dir else None
+        if kept and kept.exists():
+            teacher_of = json.loads(kept.read_text()).get("teacher")
+            if teacher_of not in (None, args.teacher):
+                raise SystemExit(f"{kept} was measured on {teacher_of}, not {args.teacher}: use another --rows")
+            continue
         if (folder / "row.json").exists():
+            if kept:
+                write_json_atomic(kept, json.loads((folder / "row.json").read_text()))
             continue
         folder.mkdir(parents=True, exist_ok=True)
+        if name != "original":
+            share_align(out, name, args.budget, args.seed)
         start, load = time.perf_counter(), os.getloadavg()[0]
         if name == "original":
             model = teacher
         else:
             options, stage_settings = VARIANTS[name]
             align, distill, long = BUDGETS[args.budget]
+            # the corpus mixture unless the variant says otherwise, whatever the pipeline's default becomes
             run_cfg = PipelineConfig(teacher=args.teacher, out=str(folder), seed=args.seed, align_steps=align,
-                                     distill_steps=distill, long_steps=long)
+                                     distill_steps=distill, long_steps=long, distill_mixture="corpus")
             model = load_model(train_hybrid(run_cfg, out / "plan.json", folder, native, options, progress=False,
                                             stage_settings=stage_settings))
         trained = time.perf_counter() - start
         records = measure(model, tokenizer, native, args.limit)
-        row = {"variant": name, "budget": args.budget, "seed": args.seed, "limit": args.limit,
+        row = {"variant": name, "teacher": args.teacher, "budget": args.budget, "seed": args.seed, "limit": args.limit,
                "train_minutes": round(trained / 60, 1), "total_minutes": round((time.perf_counter() - start) / 60, 1),
                "load_at_start": round(load, 2), "load_at_end": round(os.getloadavg()[0], 2), "records": records}
         write_json_atomic(folder / "row.json", row)
+        if kept:
+            write_json_atomic(kept, row)
         print(f"{tag}: {row['total_minutes']} min; " + render_row(row, native), flush=True)
-    print(render(out))
+    print(render(load_rows(out, rows_dir)))
+
+
+def run_tag(name: str, budget: str, seed: int) -> str:
+    return f"{slug(name)}__{budget}__s{seed}"
+
+
+def share_align(out: Path, name: str, budget: str, seed: int) -> Path | None:
+    """Copy the finished align stage of another variant trained the same way up to the end of align (the same
+    conversion options and align settings, budget and seed) into this variant's run; returns its source, if any."""
+    import shutil
+
+    folder = out / run_tag(name, budget, seed)
+    if (folder / "align").exists():
+        return None  # trained (or being trained) here
+    options, settings = VARIANTS[name]
+    for other, (other_options, other_settings) in VARIANTS.items():
+        source = out / run_tag(other, budget, seed) / "align"
+        if (other != name and other_options == options and other_settings.get("align") == settings.get("align")
+                and (source / "model" / "config.json").exists()):
+            shutil.rmtree(folder / "align.partial", ignore_errors=True)  # left by a copy that was killed
+            shutil.copytree(source, folder / "align.partial")
+            (folder / "align.partial").rename(folder / "align")  # whole or not at all
+            (folder / "ALIGN_SHARED.txt").write_text(f"align stage copied from {source}\n")
+            return source
+    return None
+
+
+def load_rows(out: Path, rows_dir: Path | None) -> list[dict]:
+    """The measured rows: ROWS/*.json if --rows is given, else the rows inside the run folders."""
+    paths = sorted(rows_dir.glob("*.json")) if rows_dir else sorted(out.glob("*/row.json"))
+    return [json.loads(p.read_text()) for p in paths]
 
 
 def render_row(row: dict, native: int) -> str:
@@ -149,13 +200,12 @@ COLUMNS = [("niah_single_1", "512"), ("niah_multikey_1", "512"), ("niah_multival
            ("vt", "8192")]
 
 
-def compare(out: Path, a: str, b: str, budget: str) -> str:
+def compare(rows: list[dict], a: str, b: str, budget: str) -> str:
     """A - B per column and over the columns at each length: the paired bootstrap of per-sample differences
     (`hydrahead.intervals`), each seed's cell paired with the other variant's cell of the same seed. A side is
     a variant's name at `budget`, or NAME@BUDGET (one recipe at two budgets: "nope_logscale@2x,nope_logscale@full")."""
     from hydrahead.intervals import paired_comparison
 
-    rows = [json.loads(p.read_text()) for p in out.glob("*/row.json")]
     sides = {}
     for side in (a, b):
         name, _, at = side.partition("@")
@@ -168,7 +218,7 @@ def compare(out: Path, a: str, b: str, budget: str) -> str:
              for side, key in sides.items()}
     common = sorted(set(seeds[a]) & set(seeds[b]))
     if not common:
-        raise SystemExit(f"no seed has both {a!r} and {b!r} (default budget {budget!r}) in {out}")
+        raise SystemExit(f"no seed has both {a!r} and {b!r} (default budget {budget!r}) among the rows")
     at = budget if "@" not in a + b else "as named"
     lines = [f"{a} - {b}, budget {at}, seeds {common} (paired bootstrap over samples, 95%; 'beats' rule)",
              "| columns | " + a + " | " + b + " | difference [95%] | A beats B |", "|---|---:|---:|---:|---|"]
@@ -182,8 +232,7 @@ def compare(out: Path, a: str, b: str, budget: str) -> str:
     return "\n".join(lines)
 
 
-def render(out: Path) -> str:
-    rows = [json.loads(p.read_text()) for p in out.glob("*/row.json")]
+def render(rows: list[dict]) -> str:
     order = {"original": 0, **{name: i + 1 for i, name in enumerate(VARIANTS)}}
     rows.sort(key=lambda r: (r["variant"] != "original", list(BUDGETS).index(r["budget"]), order[r["variant"]], r["seed"]))
     columns = COLUMNS

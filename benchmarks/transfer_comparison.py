@@ -41,12 +41,16 @@ length against issue 15's goal (90% on every task, niah_single_1 >= 95 at the lo
 Each variant's runs are kept in --out and reused, so the script can be stopped and run again, and several
 copies of the same command started side by side share the variants out between them (on 2 cores: two
 copies with OMP_NUM_THREADS=1). --render (with the same --quick / --limit) trains nothing and prints the
-tables and verdicts of the variants measured so far.
+tables and verdicts of the variants measured so far. With --rows DIR each variant's measured row (its
+per-sample scores, a few kB) is kept as DIR/<variant>.json instead of inside --out: benchmarks/rows/comparison-8l
+keeps the 8-layer teacher's rows in git, so its tables and verdicts render without the run folders (gigabytes of
+checkpoints, which a new machine does not have).
 
     OMP_NUM_THREADS=1 python benchmarks/transfer_comparison.py --out runs/comparison              # 4-layer teacher
     OMP_NUM_THREADS=1 python benchmarks/transfer_comparison.py --teacher models/hydrahead-teacher-8l \\
         --out runs/comparison-8l                                                                   # the 8-layer one
-    python benchmarks/transfer_comparison.py --teacher models/hydrahead-teacher-8l --out runs/comparison-8l --render
+    python benchmarks/transfer_comparison.py --teacher models/hydrahead-teacher-8l --out runs/comparison-8l \\
+        --rows benchmarks/rows/comparison-8l --render                                              # the tables
     OMP_NUM_THREADS=1 python benchmarks/transfer_comparison.py --quick --limit 3 --out runs/comparison-q \\
         --only "original,head-wise 7:1 interp,layer-wise 3:1"                                      # smoke, minutes
 """
@@ -189,18 +193,19 @@ def heldout_losses(model, tokenizer, length: int, batches: int = 4) -> list[floa
 def budget_of(cfg: PipelineConfig) -> dict:
     """What shapes the training (and the scores): a --out made with one budget is never reused with another."""
     keys = ("teacher", "behaviours", "num_pairs", "align_steps", "distill_steps", "long_steps", "long_factor",
-            "batch_size", "lr", "fa_position", "head_weight")
+            "batch_size", "lr", "fa_position", "head_weight", "distill_mixture")
     return {k: getattr(cfg, k) for k in keys}
 
 
-def check_budget(out: Path, budget: dict) -> None:
+def check_budget(out: Path, budget: dict, flag: str = "--out") -> None:
     path = out / "budget.json"
     if path.exists():
         old = json.loads(path.read_text())
         if old != json.loads(json.dumps(budget)):
             diff = {k: (old.get(k), v) for k, v in json.loads(json.dumps(budget)).items() if old.get(k) != v}
-            raise SystemExit(f"{out} holds runs made with another budget (old, new): {diff}; use another --out")
+            raise SystemExit(f"{out} holds runs made with another budget (old, new): {diff}; use another {flag}")
     else:
+        out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, budget)
 
 
@@ -209,6 +214,8 @@ def main() -> None:
     ap.add_argument("--teacher", default="models/hydrahead-teacher-3m")
     ap.add_argument("--out", default="runs/comparison")
     ap.add_argument("--results", default="results/comparison")
+    ap.add_argument("--rows", help="keep each variant's measured row as ROWS/<variant>.json and read the rows from "
+                                   "there (default: <variant>/row.json inside --out); one budget per folder")
     ap.add_argument("--quick", action="store_true", help="the pipeline's quick budget (minutes per variant)")
     ap.add_argument("--random_seeds", type=int, default=5, help="random 7:1 plans, each trained with seed 0")
     ap.add_argument("--train_seeds", type=int, default=2,
@@ -239,14 +246,17 @@ def main() -> None:
     shape = ModelShape.of(teacher.config)
     lengths = [native * f for f in cfg.factors]
     budget = budget_of(cfg)
+    rows_dir = Path(args.rows) if args.rows else None
     if not args.render:
         check_budget(out, budget)
+        if rows_dir:
+            check_budget(rows_dir, budget, "--rows")
 
     rows = {}
     scores = None
     for name, variant in table.items():
         folder = out / slug(name)
-        row_path = folder / "row.json"
+        row_path = rows_dir / f"{slug(name)}.json" if rows_dir else folder / "row.json"
         if row_path.exists():  # measured before (maybe by another process): reuse, so runs can be split and resumed
             row = json.loads(row_path.read_text())
             if (row.get("format") == ROW_FORMAT and row.get("limit") == cfg.limit and row.get("lengths") == lengths

@@ -323,7 +323,7 @@ def _pipeline(args) -> int:
 
     settings = {k: getattr(args, k) for k in ("teacher", "out", "ratio", "granularity", "limit", "seed",
                                               "align_steps", "distill_steps", "long_steps", "fa_position",
-                                              "head_weight", "activation_checkpointing")}
+                                              "head_weight", "distill_mixture", "activation_checkpointing")}
     settings = {k: v for k, v in settings.items() if v is not None}
     cfg = PipelineConfig.quick(**settings) if args.quick else PipelineConfig(**settings)
     run_pipeline(cfg, args.results, progress=not args.quiet)
@@ -433,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_help import Parser, VersionAction, command, flag
     from .decoding.cli import add_roles_parser, add_sparse_args
     from .teacher.config import PRESETS, TeacherConfig
-    from .transfer.config import TransferConfig
+    from .transfer.config import DISTILL_MIXTURES, TransferConfig
     from .transfer.pipeline import QUICK, PipelineConfig
 
     parser = Parser(prog="hydrahead", description="Head-wise long-context tools for HF causal LMs.")
@@ -611,6 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "for long sequences; default: off)")
     pp.add_argument(*flag("head_weight"), type=float,
                     help=f"align: weight of the per-head MSE against the original heads {pipeline_default('head_weight')}")
+    pp.add_argument(*flag("distill_mixture"), choices=list(DISTILL_MIXTURES),
+                    help="distill: the data mixture; corpus is the teacher's own, skills doubles niah_multivalue, vt "
+                         f"and cwe {pipeline_default('distill_mixture')}")
     pp.add_argument(*flag("limit"), type=int,
                     help=f"evaluation samples per task and length {pipeline_default('limit')}")
     pp.add_argument(*flag("seed"), type=int, help=f"seed of the training data and evaluation {pipeline_default('seed')}")

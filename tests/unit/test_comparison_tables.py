@@ -70,3 +70,11 @@ def test_only_selects_a_name_that_holds_a_comma(comparison):
     assert comparison.select(names, "random") == {"head-wise 7:1 random (seed 0)", "head-wise 7:1 random (seed 1)"}
     with pytest.raises(SystemExit, match="names no variant"):
         comparison.select(names, "all FA, no such variant")
+
+
+def test_a_rows_folder_keeps_one_budget(comparison, tmp_path):
+    budget = {"teacher": "models/hydrahead-teacher-8l", "align_steps": 100}
+    comparison.check_budget(tmp_path / "rows", budget, "--rows")  # a new folder: made, the budget noted
+    comparison.check_budget(tmp_path / "rows", budget, "--rows")  # the same budget: reused
+    with pytest.raises(SystemExit, match=r"another budget .*'align_steps': \(100, 20\).*use another --rows"):
+        comparison.check_budget(tmp_path / "rows", {**budget, "align_steps": 20}, "--rows")

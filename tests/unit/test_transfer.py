@@ -365,3 +365,27 @@ def test_the_pipeline_asks_distill_and_long_for_activation_checkpointing(tmp_pat
     train_hybrid(PipelineConfig(activation_checkpointing=True), tmp_path / "plan.json", tmp_path / "run", 256,
                  progress=False)
     assert seen == {"align": False, "distill": True, "long": True}
+
+
+@pytest.mark.parametrize("name", ["corpus", "skills"])
+def test_the_pipeline_gives_its_distill_mixture_to_the_distill_stage_only(tmp_path, monkeypatch, name):
+    from hydrahead.transfer.config import DISTILL_MIXTURES, SKILLS_MIXTURE
+    from hydrahead.transfer.pipeline import PipelineConfig, train_hybrid
+
+    seen = {}
+
+    def fake_train_stage(config, progress=True):
+        config.check()
+        seen[config.stage] = config.mixture
+        (Path(config.out) / "model").mkdir(parents=True)
+        (Path(config.out) / "model" / "config.json").write_text("{}")
+        return Path(config.out) / "model"
+
+    monkeypatch.setattr(loop_module, "train_stage", fake_train_stage)
+    train_hybrid(PipelineConfig(distill_mixture=name), tmp_path / "plan.json", tmp_path / "run", 256, progress=False)
+    assert seen == {"align": None, "distill": DISTILL_MIXTURES[name], "long": None}  # None: the corpus mixture
+    assert DISTILL_MIXTURES["skills"] is SKILLS_MIXTURE and abs(sum(SKILLS_MIXTURE.values()) - 1) < 1e-9
+    with pytest.raises(ValueError, match="unknown mixture 'skill'; mixtures are corpus, skills"):
+        train_hybrid(PipelineConfig(distill_mixture="skill"), tmp_path / "plan.json", tmp_path / "other", 256,
+                     progress=False)
+    assert not (tmp_path / "other").exists()  # refused before any stage ran

@@ -12,6 +12,15 @@ STAGES = ("align", "distill", "long")
 PARALLEL = ("auto", "ddp", "fsdp")
 MICRO_BATCH = 4  # sequences per forward when micro_batch is not given (or the largest divisor below it)
 
+# Named data mixtures for the distill stage (TransferConfig.mixture takes the dict). "corpus" is the teacher's own
+# mixture (teacher.corpus.MIXTURE; None here). "skills" doubles the weight of the native-length skills a converted
+# hybrid recovers last (niah_multivalue, vt, cwe) and drops the copy drills and filler (the align stage keeps the
+# corpus mixture); docs/transfer.md measures the two against each other.
+SKILLS_MIXTURE = {"niah_single_1": 0.10, "niah_multikey_1": 0.12, "niah_multikey_2": 0.06, "niah_multikey_3": 0.03,
+                  "niah_multivalue": 0.20, "niah_multiquery": 0.06, "vt": 0.20, "vt_zeroshot": 0.08, "cwe": 0.08,
+                  "cwe_fewshot": 0.02, "fwe": 0.02, "passkey": 0.03}
+DISTILL_MIXTURES: dict[str, dict[str, float] | None] = {"corpus": None, "skills": SKILLS_MIXTURE}
+
 
 class TransferError(HydraheadError):
     """Bad transfer input or state (a config key that does not exist, a NaN loss, a corrupt checkpoint)."""

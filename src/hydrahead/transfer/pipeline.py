@@ -29,6 +29,7 @@ class PipelineConfig:
     long_factor: int = 2  # stage 3 trains at this multiple of the native length
     fa_position: str = "nope_logscale"  # the FA heads' positions (HybridOptions.fa_position): nope_logscale | rope | rope_clamped
     head_weight: float = 0.0  # align: weight of the per-head MSE against the original heads (0: layer MSE only)
+    distill_mixture: str = "corpus"  # distill: the data mixture, a name of transfer.config.DISTILL_MIXTURES
     batch_size: int = 8
     activation_checkpointing: bool = False  # distill and long: recompute each layer in the backward pass (memory)
     lr: float = 1e-3
@@ -129,11 +130,17 @@ def train_hybrid(cfg: PipelineConfig, plan: str | Path, out: Path, native: int, 
     unknown = sorted(set(stage_settings) - set(STAGES))
     if unknown:
         raise ValueError(f"stage_settings: unknown stage {unknown[0]!r}; stages are {', '.join(STAGES)}")
+    from .config import DISTILL_MIXTURES
     from .loop import train_stage
+
+    if cfg.distill_mixture not in DISTILL_MIXTURES:
+        raise ValueError(f"distill_mixture: unknown mixture {cfg.distill_mixture!r}; "
+                         f"mixtures are {', '.join(DISTILL_MIXTURES)}")
 
     recompute = {"activation_checkpointing": cfg.activation_checkpointing}  # align refuses it (config.py)
     stages = [("align", cfg.align_steps, native, {"plan": str(plan), "options": options or {}}),
-              ("distill", cfg.distill_steps, native, {"init": str(out / "align" / "model"), **recompute}),
+              ("distill", cfg.distill_steps, native, {"init": str(out / "align" / "model"),
+                                                      "mixture": DISTILL_MIXTURES[cfg.distill_mixture], **recompute}),
               ("long", cfg.long_steps, native * cfg.long_factor, {"init": str(out / "distill" / "model"), **recompute})]
     for stage, steps, seq_len, source in stages:
         if (out / stage / "model" / "config.json").exists():
@@ -273,7 +280,8 @@ def _report(cfg: PipelineConfig, plan, evals: dict, timings: dict, native: int, 
     setup = (f"Plan: {plan.summary().splitlines()[1].strip()}; KV {plan.kv_bytes_per_token()} B/token "
              f"(original {plan.full_kv_bytes_per_token()}). Stages: align {cfg.align_steps}, distill "
              f"{cfg.distill_steps}, long {cfg.long_steps} steps at {cfg.long_factor}x native ({native}) length, "
-             f"{cfg.batch_size} sequences per step; FA heads {cfg.fa_position}, align head_weight {cfg.head_weight:g}.")
+             f"{cfg.batch_size} sequences per step; FA heads {cfg.fa_position}, align head_weight {cfg.head_weight:g}, "
+             f"distill mixture {cfg.distill_mixture}.")
     lines = [f"# HydraHead pipeline on {cfg.teacher}", ""]
     lines += [f"> **Warning.** {text}\n" for text in doubts(evals, native)]
     lines += [setup, "",

@@ -1,0 +1,89 @@
+"""benchmarks/skills_recipe.py: the rows kept apart from the runs, the shared align stage, the paired comparison."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import load_script
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    try:
+        yield load_script("skills_recipe")
+    finally:
+        sys.modules.pop("skills_recipe", None)
+
+
+def finished_align(out: Path, tag: str) -> Path:
+    model = out / tag / "align" / "model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    (out / tag / "align" / "summary.json").write_text('{"steps": 100}')
+    return out / tag / "align"
+
+
+def test_a_variant_that_differs_after_align_takes_a_copy_of_the_finished_align(recipe, tmp_path):
+    finished_align(tmp_path, "nope_logscale__full__s1")
+    source = recipe.share_align(tmp_path, "nope_logscale + skills mixture", "full", 1)
+    assert source == tmp_path / "nope_logscale__full__s1" / "align"
+    copy = tmp_path / "nope_logscale+skills_mixture__full__s1"
+    assert json.loads((copy / "align" / "summary.json").read_text()) == {"steps": 100}
+    assert str(source) in (copy / "ALIGN_SHARED.txt").read_text()
+    assert not (copy / "align.partial").exists()
+    assert recipe.share_align(tmp_path, "nope_logscale + skills mixture", "full", 1) is None  # already there
+
+
+@pytest.mark.parametrize("name, budget, seed", [
+    ("nope_logscale + head align", "full", 1),  # another align setting: its own align stage
+    ("rope + skills mixture", "full", 1),  # other conversion options
+    ("nope_logscale + skills mixture", "2x", 1),  # another budget
+    ("nope_logscale + skills mixture", "full", 0),  # another seed
+])
+def test_no_copy_from_a_stage_trained_another_way(recipe, tmp_path, name, budget, seed):
+    finished_align(tmp_path, "nope_logscale__full__s1")
+    assert recipe.share_align(tmp_path, name, budget, seed) is None
+    assert not (tmp_path / recipe.run_tag(name, budget, seed) / "align").exists()
+
+
+def test_no_copy_from_an_align_stage_still_training(recipe, tmp_path):
+    (tmp_path / "nope_logscale__full__s0" / "align" / "checkpoint").mkdir(parents=True)  # no model yet
+    assert recipe.share_align(tmp_path, "nope_logscale + skills mixture", "full", 0) is None
+
+
+def row(variant: str, seed: int, value: float, budget: str = "full", n: int = 4) -> dict:
+    """A row whose every sample scores `value` (0-1) in every column of the table."""
+    records = [{"task": t, "length": int(n_), "score": value} for t, n_ in recipe_columns() for _ in range(n)]
+    return {"variant": variant, "budget": budget, "seed": seed, "limit": n, "train_minutes": 1.0,
+            "load_at_start": 0.5, "load_at_end": 0.5, "records": records}
+
+
+def recipe_columns():
+    return [("niah_single_1", "512"), ("niah_multikey_1", "512"), ("niah_multivalue", "512"), ("vt", "512"),
+            ("cwe", "512"), ("niah_single_1", "8192"), ("niah_multikey_1", "8192"), ("niah_multivalue", "8192"),
+            ("vt", "8192")]
+
+
+def test_rows_are_read_from_the_rows_folder_when_one_is_given(recipe, tmp_path):
+    (tmp_path / "runs" / "nope_logscale__full__s0").mkdir(parents=True)
+    (tmp_path / "runs" / "nope_logscale__full__s0" / "row.json").write_text(json.dumps(row("nope_logscale", 0, 0.5)))
+    (tmp_path / "rows").mkdir()
+    (tmp_path / "rows" / "rope__full__s0.json").write_text(json.dumps(row("rope", 0, 0.25)))
+    assert [r["variant"] for r in recipe.load_rows(tmp_path / "runs", None)] == ["nope_logscale"]
+    assert [r["variant"] for r in recipe.load_rows(tmp_path / "runs", tmp_path / "rows")] == ["rope"]
+
+
+def test_compare_pairs_the_seeds_both_sides_have(recipe):
+    assert recipe.COLUMNS == recipe_columns()
+    rows = [row("nope_logscale + skills mixture", 0, 0.75), row("nope_logscale + skills mixture", 1, 0.75),
+            row("nope_logscale", 0, 0.5), row("nope_logscale", 2, 0.0)]
+    text = recipe.compare(rows, "nope_logscale + skills mixture", "nope_logscale", budget="full")
+    assert "seeds [0]" in text  # seed 1 has no partner, seed 2 none either
+    vt = next(line for line in text.splitlines() if line.startswith("| vt @512 |"))
+    assert [c.strip() for c in vt.strip("|").split("|")][1:4] == ["75.0", "50.0", "+25.0 [+25.0, +25.0]"]
+    with pytest.raises(SystemExit, match="no seed has both"):
+        recipe.compare(rows, "nope_logscale + skills mixture@2x", "nope_logscale", budget="full")
