@@ -8,17 +8,25 @@ TEACHER = ROOT / "models" / "hydrahead-teacher-3m"
 TEACHER_8L = ROOT / "models" / "hydrahead-teacher-8l"  # the deeper second teacher (8 layers, same heads and length)
 
 
-def load_script(name: str):
-    """A script of benchmarks/ imported as a module (they are not a package), for fixtures that test its pieces.
-    Registered in sys.modules while it runs, as its dataclasses look their module up; the caller removes it."""
+def script_fixture(name: str):
+    """A module-scoped fixture giving a script of benchmarks/ imported as a module (they are not a package), to
+    test its pieces: `recipe = script_fixture("skills_recipe")` in a test module. Registered in sys.modules while
+    the module's tests run, as its dataclasses look their module up; removed after them."""
     import importlib.util
     import sys
 
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    @pytest.fixture(scope="module")
+    def fixture():
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+            yield module
+        finally:
+            sys.modules.pop(name, None)
+
+    return fixture
 
 
 @functools.lru_cache(maxsize=None)

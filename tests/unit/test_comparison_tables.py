@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 
 import pytest
 
-from tests.conftest import load_script
+from tests.conftest import script_fixture
 
 LENGTHS = [512, 1024]
 
 
-@pytest.fixture(scope="module")
-def comparison():
-    try:
-        yield load_script("transfer_comparison")
-    finally:
-        sys.modules.pop("transfer_comparison", None)
+comparison = script_fixture("transfer_comparison")
 
 
 def row(niah: dict[int, float], vt: dict[int, float], cwe: float, n: int = 4) -> dict:

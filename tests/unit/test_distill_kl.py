@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import load_script
+from tests.conftest import script_fixture
 
 
-@pytest.fixture(scope="module")
-def distill_kl():
-    try:
-        yield load_script("distill_kl")
-    finally:
-        sys.modules.pop("distill_kl", None)
+distill_kl = script_fixture("distill_kl")
 
 
 def write_run(root: Path, name: str, steps: int, stage: str = "distill") -> Path:

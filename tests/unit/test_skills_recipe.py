@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import load_script
+from tests.conftest import script_fixture
 
 
-@pytest.fixture(scope="module")
-def recipe():
-    try:
-        yield load_script("skills_recipe")
-    finally:
-        sys.modules.pop("skills_recipe", None)
+recipe = script_fixture("skills_recipe")
 
 
 def finished_align(out: Path, tag: str) -> Path:

@@ -349,19 +349,26 @@ def test_activation_checkpointing_trains_the_same_weights(tiny):
         config_for(tiny, "ac_bad", activation_checkpointing=True).check()
 
 
-def test_the_pipeline_asks_distill_and_long_for_activation_checkpointing(tmp_path, monkeypatch):
-    from hydrahead.transfer.pipeline import PipelineConfig, train_hybrid
-
+def record_stages(monkeypatch, setting: str) -> dict:
+    """Replace the stage trainer with one that checks each stage's config, notes its `setting` by stage in the
+    dict returned, and writes an empty model, as a finished stage leaves it."""
     seen = {}
 
     def fake_train_stage(config, progress=True):
         config.check()
-        seen[config.stage] = config.activation_checkpointing
+        seen[config.stage] = getattr(config, setting)
         (Path(config.out) / "model").mkdir(parents=True)
         (Path(config.out) / "model" / "config.json").write_text("{}")
         return Path(config.out) / "model"
 
     monkeypatch.setattr(loop_module, "train_stage", fake_train_stage)
+    return seen
+
+
+def test_the_pipeline_asks_distill_and_long_for_activation_checkpointing(tmp_path, monkeypatch):
+    from hydrahead.transfer.pipeline import PipelineConfig, train_hybrid
+
+    seen = record_stages(monkeypatch, "activation_checkpointing")
     train_hybrid(PipelineConfig(activation_checkpointing=True), tmp_path / "plan.json", tmp_path / "run", 256,
                  progress=False)
     assert seen == {"align": False, "distill": True, "long": True}
@@ -372,16 +379,7 @@ def test_the_pipeline_gives_its_distill_mixture_to_the_distill_stage_only(tmp_pa
     from hydrahead.transfer.config import DISTILL_MIXTURES, SKILLS_MIXTURE
     from hydrahead.transfer.pipeline import PipelineConfig, train_hybrid
 
-    seen = {}
-
-    def fake_train_stage(config, progress=True):
-        config.check()
-        seen[config.stage] = config.mixture
-        (Path(config.out) / "model").mkdir(parents=True)
-        (Path(config.out) / "model" / "config.json").write_text("{}")
-        return Path(config.out) / "model"
-
-    monkeypatch.setattr(loop_module, "train_stage", fake_train_stage)
+    seen = record_stages(monkeypatch, "mixture")
     train_hybrid(PipelineConfig(distill_mixture=name), tmp_path / "plan.json", tmp_path / "run", 256, progress=False)
     assert seen == {"align": None, "distill": DISTILL_MIXTURES[name], "long": None}  # None: the corpus mixture
     assert DISTILL_MIXTURES["skills"] is SKILLS_MIXTURE and abs(sum(SKILLS_MIXTURE.values()) - 1) < 1e-9
