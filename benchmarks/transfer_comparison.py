@@ -273,7 +273,8 @@ def main() -> None:
             print(f"== {name}: another process is on it; skipped", flush=True)
             continue
         if scores is None:
-            scores = load_scores(out, teacher, tokenizer, cfg, native)
+            # the head scores (minutes to make, 10 kB) are kept beside the rows, so a new machine reuses them
+            scores = load_scores(rows_dir or out, teacher, tokenizer, cfg, native)
         start = time.perf_counter()
         plan = variant.plan(scores, shape)
         if plan is None:
