@@ -42,10 +42,9 @@ Each variant's runs are kept in --out and reused, so the script can be stopped a
 copies of the same command started side by side share the variants out between them (on 2 cores: two
 copies with OMP_NUM_THREADS=1). --render (with the same --quick / --limit) trains nothing and prints the
 tables and verdicts of the variants measured so far. With --rows DIR each variant's measured row (its
-per-sample scores, a few kB) is kept as DIR/<variant>.json instead of inside --out, and the teacher's head scores as
-DIR/scores.json: benchmarks/rows/comparison-8l
-keeps the 8-layer teacher's rows in git, so its tables and verdicts render without the run folders (gigabytes of
-checkpoints, which a new machine does not have).
+per-sample scores, a few kB) is kept as DIR/<variant>.json instead of inside --out, and the teacher's head
+scores as DIR/scores.json: benchmarks/rows/comparison-8l keeps the 8-layer teacher's in git, so its tables and
+verdicts render without the run folders (gigabytes of checkpoints, which a new machine does not have).
 
     OMP_NUM_THREADS=1 python benchmarks/transfer_comparison.py --out runs/comparison              # 4-layer teacher
     OMP_NUM_THREADS=1 python benchmarks/transfer_comparison.py --teacher models/hydrahead-teacher-8l \\
