@@ -49,32 +49,25 @@ def test_no_copy_from_an_align_stage_still_training(recipe, tmp_path):
     assert recipe.share_align(tmp_path, "nope_logscale + skills mixture", "full", 0) is None
 
 
-def row(variant: str, seed: int, value: float, budget: str = "full", n: int = 4) -> dict:
-    """A row whose every sample scores `value` (0-1) in every column of the table."""
-    records = [{"task": t, "length": int(n_), "score": value} for t, n_ in recipe_columns() for _ in range(n)]
+def row(recipe, variant: str, seed: int, value: float, budget: str = "full", n: int = 4) -> dict:
+    """A row whose every sample scores `value` (0-1) in every column of the recipe's table."""
+    records = [{"task": t, "length": int(length), "score": value} for t, length in recipe.COLUMNS for _ in range(n)]
     return {"variant": variant, "budget": budget, "seed": seed, "limit": n, "train_minutes": 1.0,
             "load_at_start": 0.5, "load_at_end": 0.5, "records": records}
 
 
-def recipe_columns():
-    return [("niah_single_1", "512"), ("niah_multikey_1", "512"), ("niah_multivalue", "512"), ("vt", "512"),
-            ("cwe", "512"), ("niah_single_1", "8192"), ("niah_multikey_1", "8192"), ("niah_multivalue", "8192"),
-            ("vt", "8192")]
-
-
 def test_rows_are_read_from_the_rows_folder_when_one_is_given(recipe, tmp_path):
     (tmp_path / "runs" / "nope_logscale__full__s0").mkdir(parents=True)
-    (tmp_path / "runs" / "nope_logscale__full__s0" / "row.json").write_text(json.dumps(row("nope_logscale", 0, 0.5)))
+    (tmp_path / "runs" / "nope_logscale__full__s0" / "row.json").write_text(json.dumps(row(recipe, "nope_logscale", 0, 0.5)))
     (tmp_path / "rows").mkdir()
-    (tmp_path / "rows" / "rope__full__s0.json").write_text(json.dumps(row("rope", 0, 0.25)))
+    (tmp_path / "rows" / "rope__full__s0.json").write_text(json.dumps(row(recipe, "rope", 0, 0.25)))
     assert [r["variant"] for r in recipe.load_rows(tmp_path / "runs", None)] == ["nope_logscale"]
     assert [r["variant"] for r in recipe.load_rows(tmp_path / "runs", tmp_path / "rows")] == ["rope"]
 
 
 def test_compare_pairs_the_seeds_both_sides_have(recipe):
-    assert recipe.COLUMNS == recipe_columns()
-    rows = [row("nope_logscale + skills mixture", 0, 0.75), row("nope_logscale + skills mixture", 1, 0.75),
-            row("nope_logscale", 0, 0.5), row("nope_logscale", 2, 0.0)]
+    rows = [row(recipe, "nope_logscale + skills mixture", 0, 0.75), row(recipe, "nope_logscale + skills mixture", 1, 0.75),
+            row(recipe, "nope_logscale", 0, 0.5), row(recipe, "nope_logscale", 2, 0.0)]
     text = recipe.compare(rows, "nope_logscale + skills mixture", "nope_logscale", budget="full")
     assert "seeds [0]" in text  # seed 1 has no partner, seed 2 none either
     vt = next(line for line in text.splitlines() if line.startswith("| vt @512 |"))
