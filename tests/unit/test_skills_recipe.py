@@ -51,7 +51,8 @@ def test_no_copy_from_an_align_stage_still_training(recipe, tmp_path):
 
 def row(recipe, variant: str, seed: int, value: float, budget: str = "full", n: int = 4) -> dict:
     """A row whose every sample scores `value` (0-1) in every column of the recipe's table."""
-    records = [{"task": t, "length": int(length), "score": value} for t, length in recipe.COLUMNS for _ in range(n)]
+    records = [{"task": t, "length": int(length), "score": value}
+               for t, length in recipe.COLUMNS for _ in range(n)]
     return {"variant": variant, "budget": budget, "seed": seed, "limit": n, "train_minutes": 1.0,
             "load_at_start": 0.5, "load_at_end": 0.5, "records": records}
 
@@ -66,7 +67,8 @@ def test_rows_are_read_from_the_rows_folder_when_one_is_given(recipe, tmp_path):
 
 
 def test_compare_pairs_the_seeds_both_sides_have(recipe):
-    rows = [row(recipe, "nope_logscale + skills mixture", 0, 0.75), row(recipe, "nope_logscale + skills mixture", 1, 0.75),
+    mixture = "nope_logscale + skills mixture"
+    rows = [row(recipe, mixture, 0, 0.75), row(recipe, mixture, 1, 0.75),
             row(recipe, "nope_logscale", 0, 0.5), row(recipe, "nope_logscale", 2, 0.0)]
     text = recipe.compare(rows, "nope_logscale + skills mixture", "nope_logscale", budget="full")
     assert "seeds [0]" in text  # seed 1 has no partner, seed 2 none either
