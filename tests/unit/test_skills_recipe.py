@@ -58,8 +58,9 @@ def row(recipe, variant: str, seed: int, value: float, budget: str = "full", n: 
 
 
 def test_rows_are_read_from_the_rows_folder_when_one_is_given(recipe, tmp_path):
-    (tmp_path / "runs" / "nope_logscale__full__s0").mkdir(parents=True)
-    (tmp_path / "runs" / "nope_logscale__full__s0" / "row.json").write_text(json.dumps(row(recipe, "nope_logscale", 0, 0.5)))
+    run_row = tmp_path / "runs" / "nope_logscale__full__s0" / "row.json"
+    run_row.parent.mkdir(parents=True)
+    run_row.write_text(json.dumps(row(recipe, "nope_logscale", 0, 0.5)))
     (tmp_path / "rows").mkdir()
     (tmp_path / "rows" / "rope__full__s0.json").write_text(json.dumps(row(recipe, "rope", 0, 0.25)))
     assert [r["variant"] for r in recipe.load_rows(tmp_path / "runs", None)] == ["nope_logscale"]
