@@ -383,7 +383,31 @@ def test_the_pipeline_gives_its_distill_mixture_to_the_distill_stage_only(tmp_pa
     train_hybrid(PipelineConfig(distill_mixture=name), tmp_path / "plan.json", tmp_path / "run", 256, progress=False)
     assert seen == {"align": None, "distill": DISTILL_MIXTURES[name], "long": None}  # None: the corpus mixture
     assert DISTILL_MIXTURES["skills"] is SKILLS_MIXTURE and abs(sum(SKILLS_MIXTURE.values()) - 1) < 1e-9
-    with pytest.raises(ValueError, match="unknown mixture 'skill'; mixtures are corpus, skills"):
-        train_hybrid(PipelineConfig(distill_mixture="skill"), tmp_path / "plan.json", tmp_path / "other", 256,
-                     progress=False)
-    assert not (tmp_path / "other").exists()  # refused before any stage ran
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"distill_mixture": "skill"}, "unknown mixture 'skill'; mixtures are corpus, skills"),
+    ({"align_steps": 0}, "align_steps must be at least 1, got 0"),
+    ({"long_factor": 0}, "long_factor must be at least 1, got 0"),
+    ({"limit": -1}, "limit must be at least 1, got -1"),
+    ({"head_weight": -0.5}, "head_weight must be at least 0, got -0.5"),
+    ({"factors": ()}, "factors must be one or more multiples"),
+])
+def test_a_pipeline_config_with_a_bad_setting_is_refused_when_made(setting, message):
+    from hydrahead.transfer.config import TransferError
+    from hydrahead.transfer.pipeline import PipelineConfig
+
+    with pytest.raises(TransferError, match=message):
+        PipelineConfig(**setting)  # not minutes later, after the head scores
+    with pytest.raises(TransferError, match=message):
+        PipelineConfig.quick(**setting)
+
+
+def test_a_pipeline_with_an_unknown_fa_position_is_refused_before_the_teacher_loads(tmp_path):
+    from hydrahead.errors import HydraheadError
+    from hydrahead.transfer.pipeline import PipelineConfig, run_pipeline
+
+    cfg = PipelineConfig(teacher=str(tmp_path / "no-teacher"), out=str(tmp_path / "run"), fa_position="nope")
+    with pytest.raises(HydraheadError, match="fa_position must be one of"):
+        run_pipeline(cfg, tmp_path / "results", progress=False)
+    assert not (tmp_path / "run").exists()

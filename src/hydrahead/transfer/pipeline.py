@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import TransferConfig
+from .config import DISTILL_MIXTURES, TransferConfig, TransferError
 
 
 @dataclass
@@ -38,6 +38,20 @@ class PipelineConfig:
     limit: int = 10
     seed: int = 0
 
+    def __post_init__(self):
+        # refused when the config is made: a bad setting found after the head scores (minutes) or a stage (hours)
+        # would waste them. fa_position is checked by HybridOptions at the start of run_pipeline (it imports torch).
+        if self.distill_mixture not in DISTILL_MIXTURES:
+            raise TransferError(f"distill_mixture: unknown mixture {self.distill_mixture!r}; "
+                                f"mixtures are {', '.join(DISTILL_MIXTURES)}")
+        for name in ("align_steps", "distill_steps", "long_steps", "long_factor", "batch_size", "limit"):
+            if getattr(self, name) < 1:
+                raise TransferError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.head_weight < 0:
+            raise TransferError(f"head_weight must be at least 0, got {self.head_weight}")
+        if not self.factors or min(self.factors) < 1:
+            raise TransferError(f"factors must be one or more multiples of the native length (>= 1), got {self.factors}")
+
     @classmethod
     def quick(cls, **kw) -> PipelineConfig:
         """A few minutes end to end: fewer pairs, steps, lengths and samples."""
@@ -55,6 +69,7 @@ def _log(message: str) -> None:
 
 def run_pipeline(cfg: PipelineConfig, results: str | Path = "results/pipeline", progress: bool = True) -> Path:
     from ..atomic import final_of, new_results_dir
+    from ..attention import HybridOptions
     from ..evaluation import evaluate
     from ..outputs import check_dir_writable
     from ..models import load_causal_lm, load_model
@@ -62,6 +77,7 @@ def run_pipeline(cfg: PipelineConfig, results: str | Path = "results/pipeline", 
     from ..selection import ScoreConfig, Scores, make_plan, score_heads
     started = time.perf_counter()
     check_dir_writable(results, "--results")  # before hours of training, not after
+    HybridOptions(fa_position=cfg.fa_position)  # refuses an unknown one before the head scores, not after
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -130,12 +146,7 @@ def train_hybrid(cfg: PipelineConfig, plan: str | Path, out: Path, native: int, 
     unknown = sorted(set(stage_settings) - set(STAGES))
     if unknown:
         raise ValueError(f"stage_settings: unknown stage {unknown[0]!r}; stages are {', '.join(STAGES)}")
-    from .config import DISTILL_MIXTURES
     from .loop import train_stage
-
-    if cfg.distill_mixture not in DISTILL_MIXTURES:
-        raise ValueError(f"distill_mixture: unknown mixture {cfg.distill_mixture!r}; "
-                         f"mixtures are {', '.join(DISTILL_MIXTURES)}")
 
     recompute = {"activation_checkpointing": cfg.activation_checkpointing}  # align refuses it (config.py)
     stages = [("align", cfg.align_steps, native, {"plan": str(plan), "options": options or {}}),
