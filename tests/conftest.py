@@ -8,6 +8,27 @@ TEACHER = ROOT / "models" / "hydrahead-teacher-3m"
 TEACHER_8L = ROOT / "models" / "hydrahead-teacher-8l"  # the deeper second teacher (8 layers, same heads and length)
 
 
+def cli_in_process(*args: str):
+    """`hydrahead ARGS` run by this process: a CompletedProcess with the exit code, stdout and stderr, as
+    `subprocess.run` gives them, without an interpreter start and the torch import per call (5-15 s each here).
+    For what a command says and writes; what only a fresh process shows (warnings on import, which modules a
+    command imports, transformers' log handler, which holds the real stderr) is tested with a subprocess in
+    test_cli.py."""
+    import contextlib
+    import io
+    import subprocess
+
+    from hydrahead.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse's own errors
+            code = exit_.code
+    return subprocess.CompletedProcess(["hydrahead", *args], code, out.getvalue(), err.getvalue())
+
+
 def script_fixture(name: str):
     """A module-scoped fixture giving a script of benchmarks/ imported as a module (they are not a package), to
     test its pieces: `recipe = script_fixture("skills_recipe")` in a test module. Registered in sys.modules while

@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -9,6 +7,7 @@ from hydrahead.errors import HydraheadError
 from hydrahead.evaluation import EvalResult, build_samples, evaluate, score_samples, write_results
 from hydrahead.generation import greedy_generate
 from hydrahead.models import ModelError, load_causal_lm
+from tests.conftest import cli_in_process
 
 
 def test_batched_greedy_generation_matches_one_by_one(tiny_model_dir):
@@ -82,8 +81,6 @@ def test_bad_arguments(tiny_model_dir):
         evaluate(model, tok, "niah_single_1", "512,abc", limit=1)
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "hydrahead.cli", *args], capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize(
@@ -99,7 +96,7 @@ def test_cli_errors_are_one_line_and_write_nothing(tiny_model_dir, tmp_path, arg
     data.write_text('{"input": "hello"}\n')
     out = tmp_path / "results"
     args = [str(data) if a == "DATA" else a for a in args]
-    proc = run_cli("eval", "--model", str(tiny_model_dir), "--output_path", str(out), "--quiet", *args)
+    proc = cli_in_process("eval", "--model", str(tiny_model_dir), "--output_path", str(out), "--quiet", *args)
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("hydrahead: error:")]
     assert len(errors) == 1 and message in errors[0]
@@ -108,7 +105,7 @@ def test_cli_errors_are_one_line_and_write_nothing(tiny_model_dir, tmp_path, arg
 
 
 def test_cli_missing_model(tmp_path):
-    proc = run_cli("eval", "--model", str(tmp_path / "missing"), "--tasks", "vt")
+    proc = cli_in_process("eval", "--model", str(tmp_path / "missing"), "--tasks", "vt")
     assert proc.returncode == 2 and "does not exist" in proc.stderr
 
 
@@ -116,7 +113,7 @@ def test_cli_runs_a_ruler_file(tiny_model_dir, tmp_path):
     data = tmp_path / "ruler.jsonl"
     data.write_text(json.dumps({"index": 0, "input": "The pass key is 12345. What is the pass key?", "outputs": ["12345"],
                                 "length": 20, "answer_prefix": " The pass key is"}) + "\n")
-    proc = run_cli("eval", "--model", str(tiny_model_dir), "--data", str(data), "--output_path", str(tmp_path / "r"), "--quiet")
+    proc = cli_in_process("eval", "--model", str(tiny_model_dir), "--data", str(data), "--output_path", str(tmp_path / "r"), "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert "| ruler |" in proc.stdout
     assert "| Task | 32 |" in proc.stdout  # one sample of 20 tokens: one column, rounded to a standard length
@@ -135,7 +132,7 @@ def test_cli_writes_a_ruler_file_that_reads_back(tiny_model_dir, tmp_path):
     from hydrahead.tasks import read_jsonl
 
     out = tmp_path / "vt.jsonl"
-    proc = run_cli("tasks", "generate", "--tokenizer", str(tiny_model_dir), "--task", "vt", "--length", "1024",
+    proc = cli_in_process("tasks", "generate", "--tokenizer", str(tiny_model_dir), "--task", "vt", "--length", "1024",
                    "--num_samples", "3", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     samples = read_jsonl(out)
@@ -146,7 +143,7 @@ def test_cli_names_a_directory_that_is_not_a_causal_lm(tmp_path):
     from transformers import ViTConfig
 
     ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8).save_pretrained(tmp_path)
-    proc = run_cli("eval", "--model", str(tmp_path), "--tasks", "vt")
+    proc = cli_in_process("eval", "--model", str(tmp_path), "--tasks", "vt")
     assert proc.returncode == 2 and "is not a causal LM (model_type 'vit')" in proc.stderr
 
 

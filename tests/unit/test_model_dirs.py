@@ -3,13 +3,12 @@ nothing written."""
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from hydrahead.models import ModelError, load_causal_lm, load_model, load_tokenizer
 from hydrahead.tasks import TaskError, generate
+from tests.conftest import cli_in_process
 
 
 def copy_dir(src, dst, skip=()):
@@ -77,9 +76,8 @@ def test_weights_that_do_not_match_the_config(tiny_model_dir, tmp_path):
 def test_the_cli_refuses_with_one_line_and_writes_nothing(tiny_model_dir, tmp_path):
     bare = copy_dir(tiny_model_dir, tmp_path / "bare", skip={"tokenizer.json", "tokenizer_config.json"})
     out = tmp_path / "results"
-    proc = subprocess.run([sys.executable, "-m", "hydrahead.cli", "eval", "--model", str(bare), "--tasks", "vt",
-                           "--lengths", "512", "--limit", "1", "--output_path", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = cli_in_process("eval", "--model", str(bare), "--tasks", "vt", "--lengths", "512", "--limit", "1",
+                          "--output_path", str(out))
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"hydrahead: error: {bare} has no tokenizer files "
                                                 "(none of tokenizer.json, tokenizer.model, vocab.json, tokenizer_config.json)"]
