@@ -38,13 +38,14 @@ A last table shows the recipe (head-wise 7:1 interp, the default pipeline, poole
 at every length beside the teacher and the all-FA controls, with its share of the teacher's score at the native
 length against issue 15's goal (90% on every task, niah_single_1 >= 95 at the longest length).
 
-Each variant's runs are kept in --out and reused, so the script can be stopped and run again, and several
-copies of the same command started side by side share the variants out between them (on 2 cores: two
-copies with OMP_NUM_THREADS=1). --render (with the same --quick / --limit) trains nothing and prints the
-tables and verdicts of the variants measured so far. With --rows DIR each variant's measured row (its
-per-sample scores, a few kB) is kept as DIR/<variant>.json instead of inside --out, and the teacher's head
-scores as DIR/scores.json: benchmarks/rows/comparison-8l keeps the 8-layer teacher's in git, so its tables and
-verdicts render without the run folders (gigabytes of checkpoints, which a new machine does not have).
+Each variant's runs are kept in --out and reused (its training from checkpoints, its evaluation in pieces of one
+part at one length), so the script can be stopped and run again, and several copies of the same command started
+side by side share the variants out between them (on 2 cores: two copies with OMP_NUM_THREADS=1). --render (with
+the same --quick / --limit) trains nothing and prints the tables and verdicts of the variants measured so far.
+With --rows DIR each variant's measured row (its per-sample scores, a few kB) is kept as DIR/<variant>.json
+instead of inside --out, and the teacher's head scores as DIR/scores.json: benchmarks/rows/comparison-8l keeps the
+8-layer teacher's in git, so its tables and verdicts render without the run folders (gigabytes of checkpoints,
+which a new machine does not have).
 
     OMP_NUM_THREADS=1 python benchmarks/transfer_comparison.py --out runs/comparison              # 4-layer teacher
     OMP_NUM_THREADS=1 python benchmarks/transfer_comparison.py --teacher models/hydrahead-teacher-8l \\
@@ -165,6 +166,50 @@ def select(names: list[str], only: str | None) -> set[str]:
     return chosen
 
 
+@dataclass
+class Scored:
+    """What a row takes from an evaluation: scores (task -> length -> score) and per-sample records."""
+    scores: dict
+    records: list
+
+
+@dataclass
+class EvalPieces:
+    """A variant's evaluation in pieces (one part at one length each, 2-15 minutes here), each kept in `folder`
+    as it finishes, so a run stopped in the middle of its evaluation (a session's end) resumes with the next piece.
+    A piece names the model's weights file (size and time written) and the samples (limit, seed, tasks): a model
+    trained again or other samples are evaluated again, never paired with an old piece."""
+    folder: Path
+    limit: int
+    seed: int
+
+    def evaluate(self, part: str, model, model_dir: Path, tokenizer, tasks: str, lengths: list[int]) -> Scored:
+        """`model` may be a callable that loads it: an evaluation whose every piece is kept loads nothing."""
+        scores: dict = {}
+        records: list = []
+        for length in lengths:
+            path = self.folder / f"{part}@{length}.json"
+            key = {"model": weights_stamp(model_dir), "tasks": tasks, "limit": self.limit, "seed": self.seed}
+            piece = json.loads(path.read_text()) if path.exists() else None
+            if piece is None or piece["key"] != key:
+                if callable(model) and not isinstance(model, torch.nn.Module):
+                    model = model()
+                result = evaluate(model, tokenizer, tasks, [length], self.limit, self.seed, progress=False)
+                piece = {"key": key, "scores": result.scores,
+                         "records": [{k: r[k] for k in ("task", "length", "index", "score")} for r in result.records]}
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(path, piece)
+            for task, per_length in piece["scores"].items():
+                scores.setdefault(task, {}).update({int(n): v for n, v in per_length.items()})
+            records += piece["records"]
+        return Scored(scores, records)
+
+
+def weights_stamp(model_dir: Path) -> list:
+    """The model's weight files with their sizes and write times: changes when the model is trained again."""
+    return sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in Path(model_dir).glob("*.safetensors"))
+
+
 def per_sample(result) -> dict[str, dict[str, list[float]]]:
     """task -> length (string, as JSON keys are) -> scores 0-100 in sample-index order: every variant is
     evaluated on the same samples, so sample i of one variant pairs with sample i of another."""
@@ -278,20 +323,22 @@ def main() -> None:
         start = time.perf_counter()
         plan = variant.plan(scores, shape)
         if plan is None:
-            model = teacher
+            model, model_dir = teacher, Path(args.teacher)
         else:
             plan.save(folder / "plan.json")
             print(f"== {name}: {plan.summary().splitlines()[1].strip()}", flush=True)
             options = dict(variant.options)
             train_cfg = replace(cfg, seed=options.pop("train_seed", cfg.seed))  # evaluation keeps cfg.seed
-            model = load_model(train_hybrid(train_cfg, folder / "plan.json", folder, native, options, progress=True))
+            model_dir = train_hybrid(train_cfg, folder / "plan.json", folder, native, options, progress=True)
+            model = load_model(model_dir)
         trained = time.perf_counter() - start
-        retrieval = evaluate(model, tokenizer, RETRIEVAL_TASKS, lengths, cfg.limit, cfg.seed, progress=False)
-        general = evaluate(model, tokenizer, GENERAL_TASKS, [native], cfg.limit, cfg.seed, progress=False)
+        pieces = EvalPieces(folder / "eval", cfg.limit, cfg.seed)
+        retrieval = pieces.evaluate("retrieval", model, model_dir, tokenizer, RETRIEVAL_TASKS, lengths)
+        general = pieces.evaluate("general", model, model_dir, tokenizer, GENERAL_TASKS, [native])
         after_align = None
         if (folder / "align" / "model").is_dir():  # where the head choice matters most: right after stage 1
-            aligned = evaluate(load_model(folder / "align" / "model"), tokenizer, RETRIEVAL_TASKS, [native], cfg.limit,
-                               cfg.seed, progress=False)
+            aligned = pieces.evaluate("after_align", lambda: load_model(folder / "align" / "model"),
+                                      folder / "align" / "model", tokenizer, RETRIEVAL_TASKS, [native])
             after_align = per_sample(aligned)
         kv = (plan or HeadPlan.full_attention(teacher.config)).kv_bytes_per_token()
         losses = heldout_losses(model, tokenizer, native)

@@ -72,3 +72,46 @@ def test_a_rows_folder_keeps_one_budget(comparison, tmp_path):
     comparison.check_budget(tmp_path / "rows", budget, "--rows")  # the same budget: reused
     with pytest.raises(SystemExit, match=r"another budget .*'align_steps': \(100, 20\).*use another --rows"):
         comparison.check_budget(tmp_path / "rows", {**budget, "align_steps": 20}, "--rows")
+
+
+def test_an_evaluation_resumes_from_its_kept_pieces_and_never_pairs_a_retrained_model(comparison, tmp_path,
+                                                                                      monkeypatch):
+    from types import SimpleNamespace
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "model.safetensors").write_bytes(b"weights")
+    calls = []
+
+    def fake_evaluate(model, tokenizer, tasks, lengths, limit, seed, progress):
+        calls.append(lengths)
+        (length,) = lengths
+        records = [{"task": "vt", "length": length, "index": i, "score": (i + length) % 2, "prediction": "x"}
+                   for i in range(limit)]
+        return SimpleNamespace(scores={"vt": {length: 50.0}}, records=records)
+
+    monkeypatch.setattr(comparison, "evaluate", fake_evaluate)
+    pieces = comparison.EvalPieces(tmp_path / "eval", limit=4, seed=0)
+    loads = []
+
+    def load():
+        loads.append(1)
+        return "the model"
+
+    first = pieces.evaluate("retrieval", load, model_dir, None, "vt", [512, 1024])
+    assert calls == [[512], [1024]] and loads == [1]  # loaded once, for the first piece that needs it
+    assert first.scores == {"vt": {512: 50.0, 1024: 50.0}} and len(first.records) == 8
+    assert comparison.per_sample(first) == {"vt": {"512": [0, 100, 0, 100], "1024": [0, 100, 0, 100]}}
+
+    (tmp_path / "eval" / "retrieval@1024.json").unlink()  # stopped before its second piece was kept
+    again = pieces.evaluate("retrieval", load, model_dir, None, "vt", [512, 1024])
+    assert calls[2:] == [[1024]] and again == first
+
+    calls.clear()
+    assert pieces.evaluate("retrieval", load, model_dir, None, "vt", [512, 1024]) == first
+    assert calls == [] and loads == [1, 1]  # every piece kept: nothing evaluated, the model never loaded
+    (model_dir / "model.safetensors").write_bytes(b"trained again")
+    pieces.evaluate("retrieval", load, model_dir, None, "vt", [512, 1024])
+    assert calls == [[512], [1024]]  # the model changed: no old piece is reused
+    comparison.EvalPieces(tmp_path / "eval", limit=3, seed=0).evaluate("retrieval", "m", model_dir, None, "vt", [512])
+    assert calls[2:] == [[512]]  # other samples: evaluated again
