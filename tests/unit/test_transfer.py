@@ -253,25 +253,55 @@ def test_micro_batch_adapts_to_the_batch_size_and_a_conflict_is_refused(tmp_path
         load_config(path, {"batch_size": 6, "micro_batch": 4})
 
 
-@pytest.mark.parametrize(("stage", "parallel"), [("align", "ddp"), ("align", "fsdp"), ("distill", "fsdp")])
-def test_two_processes_with_torchrun_equal_one_process(tiny, tmp_path, stage, parallel):
+TORCHRUN_CASES = [("align", "ddp"), ("align", "fsdp"), ("distill", "fsdp")]
+
+
+@pytest.fixture(scope="module")
+def torchrun_models(tiny, tmp_path_factory) -> dict[str, Path]:
+    """`hydrahead distill --config` under torchrun with two processes for each case of TORCHRUN_CASES, then a
+    distill stage from the align-fsdp case's model ("chain"), all in one launch, one after another in the same
+    two processes: as a script that trains align, then distill from it, runs them."""
+    root = tmp_path_factory.mktemp("torchrun")
+    configs, models = [], {}
+    common = f"teacher: {tiny / 'teacher'}\nsteps: 3\nseq_len: 64\nbatch_size: 4\nmicro_batch: 2\nlr: 3.0e-3\n" \
+             "warmup: 2\ncheckpoint_every: 2\n"
+    for stage, parallel in [*TORCHRUN_CASES, ("chain", "fsdp")]:
+        name = "chain" if stage == "chain" else f"{stage}-{parallel}"
+        start = f"stage: distill\ninit: {models['align-fsdp']}\n" if stage == "chain" else \
+            f"stage: {stage}\nplan: {tiny / 'plan.json'}\n"
+        configs.append(root / f"{name}.yaml")
+        configs[-1].write_text(f"{start}{common}out: {root / name}\nparallel: {parallel}\n")
+        models[name] = root / name / "model"
+    driver = root / "driver.py"
+    driver.write_text("import sys\nfrom hydrahead.cli import main\n\n"
+                      "for config in sys.argv[1:]:\n"
+                      "    if main(['distill', '--config', config, '--quiet']):\n"
+                      "        sys.exit(f'{config} failed')\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(driver),
+         *map(str, configs)],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return models
+
+
+@pytest.mark.parametrize(("stage", "parallel"), TORCHRUN_CASES)
+def test_two_processes_with_torchrun_equal_one_process(tiny, torchrun_models, stage, parallel):
     """DDP and FSDP (sharded, gloo on CPU) with the same global batch train the same weights as one process;
     align freezes all but the attention, distill trains everything (tied embeddings included)."""
     one = weights(train_stage(config_for(tiny, f"one-{stage}", stage=stage, steps=3), progress=False))
-    two_dir = tiny / f"two-{stage}-{parallel}"
-    cfg = tmp_path / "run.yaml"
-    cfg.write_text(
-        f"stage: {stage}\nteacher: {tiny / 'teacher'}\nplan: {tiny / 'plan.json'}\nout: {two_dir}\nsteps: 3\n"
-        f"seq_len: 64\nbatch_size: 4\nmicro_batch: 2\nlr: 3.0e-3\nwarmup: 2\ncheckpoint_every: 2\nparallel: {parallel}\n"
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "hydrahead.cli", "distill", "--config", str(cfg), "--quiet"],
-        capture_output=True, text=True, env=env, timeout=300, check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    two = weights(two_dir / "model")
+    two = weights(torchrun_models[f"{stage}-{parallel}"])
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], atol=2e-5, rtol=1e-4)
+
+
+def test_a_second_stage_in_the_same_torchrun_launch_starts_from_the_first_ones_model(tiny, torchrun_models):
+    """Stages run one after another in the same processes share one process group (initialising it again raced:
+    a hang or "connection reset by peer"), and no process starts the next stage before the model is written."""
+    align = train_stage(config_for(tiny, "one-align", steps=3), progress=False)
+    one = weights(train_stage(config_for(tiny, "one-chain", stage="distill", steps=3, plan=None, init=str(align)),
+                              progress=False))
+    two = weights(torchrun_models["chain"])
     for k in one:
         torch.testing.assert_close(two[k], one[k], atol=2e-5, rtol=1e-4)
 

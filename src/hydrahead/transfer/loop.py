@@ -10,6 +10,7 @@ on (seed, step), and the checkpoint holds the weights, the optimizer state and t
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -44,7 +45,11 @@ class Distributed:
 
             backend = "nccl" if torch.cuda.is_available() else "gloo"
             if not dist.is_initialized():
+                # once per process, destroyed at its exit: a second stage in the same launch (align, then distill
+                # from its model) reuses the group, as initialising it again on torchrun's store races the other
+                # processes' reads of the first group's addresses (a hang or "connection reset by peer")
                 dist.init_process_group(backend)
+                atexit.register(_destroy_process_group)
             if backend == "nccl":
                 local = int(os.environ.get("LOCAL_RANK", "0"))
                 torch.cuda.set_device(local)
@@ -96,9 +101,10 @@ class Distributed:
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return bool(t.item())
 
-    def close(self) -> None:
-        if self.world > 1 and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+
+def _destroy_process_group() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _models(config: TransferConfig, stage, device: str, with_teacher: bool = True):
@@ -223,17 +229,17 @@ def train_stage(config: TransferConfig, progress: bool = True, change_on_resume=
                     bar.write(f"stopping after {config.max_minutes} minutes at step {step}; run again to resume")
                 return None
         bar.close()
+        model_dir = out / "model"
         if dist.main:
             if dist.strategy(config.parallel) == "fsdp":  # the weights are sharded: save the gathered ones
                 student = _unsharded(config, stage, work)
             model_dir = save(student, out / "model", tokenizer)
             _finish(work, out, config, changes)
-            return model_dir
-        return out / "model"
+        dist.barrier()  # every process returns once the model is written: the next stage may start from it
+        return model_dir
     finally:
         if log is not None:
             log.close()
-        dist.close()
 
 
 def _unsharded(config: TransferConfig, stage, work: Path):
