@@ -113,7 +113,8 @@ def test_cli_runs_a_ruler_file(tiny_model_dir, tmp_path):
     data = tmp_path / "ruler.jsonl"
     data.write_text(json.dumps({"index": 0, "input": "The pass key is 12345. What is the pass key?", "outputs": ["12345"],
                                 "length": 20, "answer_prefix": " The pass key is"}) + "\n")
-    proc = cli_in_process("eval", "--model", str(tiny_model_dir), "--data", str(data), "--output_path", str(tmp_path / "r"), "--quiet")
+    proc = cli_in_process("eval", "--model", str(tiny_model_dir), "--data", str(data), "--output_path",
+                          str(tmp_path / "r"), "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert "| ruler |" in proc.stdout
     assert "| Task | 32 |" in proc.stdout  # one sample of 20 tokens: one column, rounded to a standard length

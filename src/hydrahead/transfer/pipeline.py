@@ -50,7 +50,8 @@ class PipelineConfig:
         if self.head_weight < 0:
             raise TransferError(f"head_weight must be at least 0, got {self.head_weight}")
         if not self.factors or min(self.factors) < 1:
-            raise TransferError(f"factors must be one or more multiples of the native length (>= 1), got {self.factors}")
+            raise TransferError(f"factors must be one or more multiples of the native length (>= 1), "
+                                f"got {self.factors}")
 
     @classmethod
     def quick(cls, **kw) -> PipelineConfig:
