@@ -116,6 +116,17 @@ def test_a_killed_run_resumes_to_the_same_weights(tiny, monkeypatch):
         train_stage(config_for(tiny, "resumed", steps=6, seed=1), progress=False)
 
 
+def test_a_stage_out_of_time_stops_with_a_checkpoint_and_resumes_to_the_same_weights(tiny):
+    from hydrahead.transfer.checkpoint import checkpoint_step
+
+    straight = weights(train_stage(config_for(tiny, "straight-4", steps=4), progress=False))
+    assert train_stage(config_for(tiny, "timed", steps=4, max_minutes=0), progress=False) is None
+    assert checkpoint_step(tiny / "timed" / "training") == 1 and not (tiny / "timed" / "model").exists()
+    resumed = weights(train_stage(config_for(tiny, "timed", steps=4), progress=False))
+    for k in straight:
+        torch.testing.assert_close(resumed[k], straight[k], atol=0, rtol=0)
+
+
 def test_a_nan_loss_stops_with_the_last_good_checkpoint(tiny, monkeypatch):
     from hydrahead.transfer import stages
 

@@ -215,7 +215,9 @@ def train_stage(config: TransferConfig, progress: bool = True, change_on_resume=
                 log.flush()
                 bar.set_postfix(loss=f"{sums['loss']:.4f}", tok_s=f"{tokens_per_s:,.0f}")
                 bar.update(1)
-            out_of_time = config.max_minutes is not None and time.time() - started > config.max_minutes * 60
+            # every process stops at the same step (each one's clock alone could stop one a step before another,
+            # which would then wait forever in the next step's collectives)
+            out_of_time = config.max_minutes is not None and dist.any(time.time() - started > config.max_minutes * 60)
             if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
                 problem = weights_problem(student.named_parameters())
                 if dist.any(problem is not None):  # a diverged model is never a "last good checkpoint"
