@@ -81,8 +81,6 @@ def test_bad_arguments(tiny_model_dir):
         evaluate(model, tok, "niah_single_1", "512,abc", limit=1)
 
 
-
-
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -134,7 +132,7 @@ def test_cli_writes_a_ruler_file_that_reads_back(tiny_model_dir, tmp_path):
 
     out = tmp_path / "vt.jsonl"
     proc = cli_in_process("tasks", "generate", "--tokenizer", str(tiny_model_dir), "--task", "vt", "--length", "1024",
-                   "--num_samples", "3", "--out", str(out))
+                          "--num_samples", "3", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     samples = read_jsonl(out)
     assert len(samples) == 3 and all(s.length <= 1024 and len(s.outputs) == 5 for s in samples)
