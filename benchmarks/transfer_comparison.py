@@ -177,7 +177,7 @@ class Scored:
 class EvalPieces:
     """A variant's evaluation in pieces (one part at one length each, 2-15 minutes here), each kept in `folder`
     as it finishes, so a run stopped in the middle of its evaluation (a session's end) resumes with the next piece.
-    A piece names the model's weights file (size and time written) and the samples (limit, seed, tasks): a model
+    A piece names the model's weight files (sizes and times written) and the samples (limit, seed, tasks): a model
     trained again or other samples are evaluated again, never paired with an old piece."""
     folder: Path
     limit: int
@@ -207,7 +207,8 @@ class EvalPieces:
 
 def weights_stamp(model_dir: Path) -> list:
     """The model's weight files with their sizes and write times: changes when the model is trained again."""
-    return sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in Path(model_dir).glob("*.safetensors"))
+    return sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in Path(model_dir).iterdir()
+                  if f.suffix in (".safetensors", ".bin"))
 
 
 def per_sample(result) -> dict[str, dict[str, list[float]]]:
