@@ -75,6 +75,7 @@ from hydrahead.intervals import Comparison, combine, mean_of_groups, paired_comp
 from hydrahead.jsonfile import write_json_atomic
 from hydrahead.models import load_causal_lm, load_model
 from hydrahead.plan import HeadPlan, ModelShape
+from hydrahead.resume import model_digest
 from hydrahead.selection import ScoreConfig, Scores, equal_kv_plan, make_plan, score_heads
 from hydrahead.transfer.data import packed_batch
 from hydrahead.transfer.pipeline import PipelineConfig, train_hybrid
@@ -177,23 +178,23 @@ class Scored:
 class EvalPieces:
     """A variant's evaluation in pieces (one part at one length each, 2-15 minutes here), each kept in `folder`
     as it finishes, so a run stopped in the middle of its evaluation (a session's end) resumes with the next piece.
-    A piece names the model's weight files (sizes and times written) and the samples (limit, seed, tasks): a model
-    trained again or other samples are evaluated again, never paired with an old piece."""
+    A piece names the model directory's digest (hydrahead.resume.model_digest) and the samples (tasks, limit,
+    seed): a model trained again or other samples are evaluated again, never paired with an old piece."""
     folder: Path
     limit: int
     seed: int
 
-    def evaluate(self, part: str, model, model_dir: Path, tokenizer, tasks: str, lengths: list[int]) -> Scored:
-        """`model` may be a callable that loads it: an evaluation whose every piece is kept loads nothing."""
+    def evaluate(self, part: str, load: Callable, model_dir: Path, tokenizer, tasks: str, lengths: list[int]) -> Scored:
+        """`load()` gives the model, called only if a piece is not kept yet."""
+        key = {"model": model_digest(model_dir), "tasks": tasks, "limit": self.limit, "seed": self.seed}
         scores: dict = {}
         records: list = []
+        model = None
         for length in lengths:
             path = self.folder / f"{part}@{length}.json"
-            key = {"model": weights_stamp(model_dir), "tasks": tasks, "limit": self.limit, "seed": self.seed}
             piece = json.loads(path.read_text()) if path.exists() else None
             if piece is None or piece["key"] != key:
-                if callable(model) and not isinstance(model, torch.nn.Module):
-                    model = model()
+                model = model if model is not None else load()
                 result = evaluate(model, tokenizer, tasks, [length], self.limit, self.seed, progress=False)
                 piece = {"key": key, "scores": result.scores,
                          "records": [{k: r[k] for k in ("task", "length", "index", "score")} for r in result.records]}
@@ -203,12 +204,6 @@ class EvalPieces:
                 scores.setdefault(task, {}).update({int(n): v for n, v in per_length.items()})
             records += piece["records"]
         return Scored(scores, records)
-
-
-def weights_stamp(model_dir: Path) -> list:
-    """The model's weight files with their sizes and write times: changes when the model is trained again."""
-    return sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in Path(model_dir).iterdir()
-                  if f.suffix in (".safetensors", ".bin"))
 
 
 def per_sample(result) -> dict[str, dict[str, list[float]]]:
@@ -334,8 +329,8 @@ def main() -> None:
             model = load_model(model_dir)
         trained = time.perf_counter() - start
         pieces = EvalPieces(folder / "eval", cfg.limit, cfg.seed)
-        retrieval = pieces.evaluate("retrieval", model, model_dir, tokenizer, RETRIEVAL_TASKS, lengths)
-        general = pieces.evaluate("general", model, model_dir, tokenizer, GENERAL_TASKS, [native])
+        retrieval = pieces.evaluate("retrieval", lambda: model, model_dir, tokenizer, RETRIEVAL_TASKS, lengths)
+        general = pieces.evaluate("general", lambda: model, model_dir, tokenizer, GENERAL_TASKS, [native])
         after_align = None
         if (folder / "align" / "model").is_dir():  # where the head choice matters most: right after stage 1
             aligned = pieces.evaluate("after_align", lambda: load_model(folder / "align" / "model"),

@@ -113,5 +113,6 @@ def test_an_evaluation_resumes_from_its_kept_pieces_and_never_pairs_a_retrained_
     (model_dir / "model.safetensors").write_bytes(b"trained again")
     pieces.evaluate("retrieval", load, model_dir, None, "vt", [512, 1024])
     assert calls == [[512], [1024]]  # the model changed: no old piece is reused
-    comparison.EvalPieces(tmp_path / "eval", limit=3, seed=0).evaluate("retrieval", "m", model_dir, None, "vt", [512])
+    other_samples = comparison.EvalPieces(tmp_path / "eval", limit=3, seed=0)
+    other_samples.evaluate("retrieval", load, model_dir, None, "vt", [512])
     assert calls[2:] == [[512]]  # other samples: evaluated again

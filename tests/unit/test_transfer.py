@@ -274,15 +274,17 @@ def torchrun_models(tiny, tmp_path_factory) -> dict[str, Path]:
     two processes: as a script that trains align, then distill from it, runs them."""
     root = tmp_path_factory.mktemp("torchrun")
     configs, models = [], {}
-    common = f"teacher: {tiny / 'teacher'}\nsteps: 3\nseq_len: 64\nbatch_size: 4\nmicro_batch: 2\nlr: 3.0e-3\n" \
-             "warmup: 2\ncheckpoint_every: 2\n"
-    for stage, parallel in [*TORCHRUN_CASES, ("chain", "fsdp")]:
-        name = "chain" if stage == "chain" else f"{stage}-{parallel}"
-        start = f"stage: distill\ninit: {models['align-fsdp']}\n" if stage == "chain" else \
-            f"stage: {stage}\nplan: {tiny / 'plan.json'}\n"
+
+    def add(name: str, start: str, parallel: str) -> None:
         configs.append(root / f"{name}.yaml")
-        configs[-1].write_text(f"{start}{common}out: {root / name}\nparallel: {parallel}\n")
+        configs[-1].write_text(f"{start}teacher: {tiny / 'teacher'}\nout: {root / name}\nparallel: {parallel}\n"
+                               "steps: 3\nseq_len: 64\nbatch_size: 4\nmicro_batch: 2\nlr: 3.0e-3\nwarmup: 2\n"
+                               "checkpoint_every: 2\n")
         models[name] = root / name / "model"
+
+    for stage, parallel in TORCHRUN_CASES:
+        add(f"{stage}-{parallel}", f"stage: {stage}\nplan: {tiny / 'plan.json'}\n", parallel)
+    add("chain", f"stage: distill\ninit: {models['align-fsdp']}\n", "fsdp")
     driver = root / "driver.py"
     driver.write_text("import sys\nfrom hydrahead.cli import main\n\n"
                       "for config in sys.argv[1:]:\n"
