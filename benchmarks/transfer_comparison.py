@@ -95,9 +95,10 @@ class Variant:
     plan: Callable[[Scores, ModelShape], HeadPlan | None]  # None: the teacher itself
     options: dict = field(default_factory=dict)  # conversion options, and train_seed
     group: str | None = None  # pooled with the other members of its group in the verdicts
+    needs_scores: bool = True  # False: the plan ignores the head scores (minutes to make on a new teacher)
 
 
-def layerwise_3to1(scores: Scores, shape: ModelShape) -> HeadPlan:
+def layerwise_3to1(scores: Scores | None, shape: ModelShape) -> HeadPlan:
     return make_plan(shape, "layerwise", "3:1")
 
 
@@ -114,37 +115,38 @@ def interp_7to1(scores: Scores, shape: ModelShape) -> HeadPlan:
     return make_plan(shape, "interp", "7:1", "query", scores=scores)
 
 
-def every_head(scores: Scores, shape: ModelShape) -> HeadPlan:
+def every_head(scores: Scores | None, shape: ModelShape) -> HeadPlan:
     return HeadPlan(shape, [list(range(shape.num_heads)) for _ in range(shape.num_layers)], "kv",
                     {"strategy": "full_attention"})
 
 
 def variants(random_seeds: int, train_seeds: int) -> dict[str, Variant]:
     """Every variant by name; plans are built from the teacher's scores and shape only when a variant runs."""
-    out: dict[str, Variant] = {"original": Variant(lambda scores, shape: None)}
+    out: dict[str, Variant] = {"original": Variant(lambda scores, shape: None, needs_scores=False)}
 
-    def main_row(name: str, plan, options: dict | None = None) -> None:
-        out[name] = Variant(plan, dict(options or {}), name)
+    def main_row(name: str, plan, options: dict | None = None, needs_scores: bool = True) -> None:
+        out[name] = Variant(plan, dict(options or {}), name, needs_scores)
         for seed in range(1, train_seeds):  # the same plan trained again from another seed: the training noise
-            out[f"{name} (train seed {seed})"] = Variant(plan, {**(options or {}), "train_seed": seed}, name)
+            out[f"{name} (train seed {seed})"] = Variant(plan, {**(options or {}), "train_seed": seed}, name,
+                                                          needs_scores)
 
     main_row(INTERP, interp_7to1)
     out["head-wise 7:1 lowest-ranked"] = Variant(
         lambda scores, shape: make_plan(shape, "interp_lowest", "7:1", "query", scores=scores))
     for seed in range(random_seeds):
         out[f"head-wise 7:1 random (seed {seed})"] = Variant(
-            lambda scores, shape, seed=seed: make_plan(shape, "random", "7:1", seed=seed), {}, RANDOM)
+            lambda scores, shape, seed=seed: make_plan(shape, "random", "7:1", seed=seed), {}, RANDOM, False)
     # controls without any GDN head, through the same three stages: every head FA as the hybrids' FA heads
     # are built (RoPE dropped, log-length query scale), and every head FA with RoPE kept (the training alone)
-    out["all FA (NoPE + log-scale), same three stages"] = Variant(every_head)
-    out["all FA (RoPE), same three stages"] = Variant(every_head, {"fa_position": "rope"})
+    out["all FA (NoPE + log-scale), same three stages"] = Variant(every_head, needs_scores=False)
+    out["all FA (RoPE), same three stages"] = Variant(every_head, {"fa_position": "rope"}, needs_scores=False)
     out["head-wise 7:1 retrieval score"] = Variant(
         lambda scores, shape: make_plan(shape, "retrieval_score", "7:1", scores=scores))
-    main_row(LAYERWISE, layerwise_3to1)
+    main_row(LAYERWISE, layerwise_3to1, needs_scores=False)
     main_row(EQUAL_KV, equal_kv)
     # (HeadPlan.all_gdn takes a model config; the scores carry only the shape)
     out["all GDN"] = Variant(lambda scores, shape: HeadPlan(shape, [[] for _ in range(shape.num_layers)], "kv",
-                                                            {"strategy": "all_gdn"}))
+                                                            {"strategy": "all_gdn"}), needs_scores=False)
     out["head-wise 7:1 interp, concat fusion"] = Variant(interp_7to1, {"fusion": "concat"})
     out["head-wise 7:1 interp, gate fusion"] = Variant(interp_7to1, {"fusion": "gate"})
     return out
@@ -313,7 +315,7 @@ def main() -> None:
         if not claim(folder):
             print(f"== {name}: another process is on it; skipped", flush=True)
             continue
-        if scores is None:
+        if scores is None and variant.needs_scores:
             # the head scores (minutes to make, 10 kB) are kept beside the rows, so a new machine reuses them
             scores = load_scores(rows_dir or out, teacher, tokenizer, cfg, native)
         start = time.perf_counter()

@@ -116,3 +116,22 @@ def test_an_evaluation_resumes_from_its_kept_pieces_and_never_pairs_a_retrained_
     other_samples = comparison.EvalPieces(tmp_path / "eval", limit=3, seed=0)
     other_samples.evaluate("retrieval", load, model_dir, None, "vt", [512])
     assert calls[2:] == [[512]]  # other samples: evaluated again
+
+
+def test_only_the_variants_that_need_head_scores_ask_for_them(comparison):
+    """A variant marked as needing no scores builds its plan without them (so the script skips minutes of scoring
+    on a new teacher), and one marked as needing them cannot: the flag says what the plan does."""
+    from hydrahead.selection import SelectionError
+    from hydrahead.plan import ModelShape
+
+    shape = ModelShape(num_layers=8, num_heads=8, num_kv_heads=2, head_dim=32)
+    table = comparison.variants(random_seeds=2, train_seeds=2)
+    without = {name for name, v in table.items() if not v.needs_scores}
+    assert {"original", "layer-wise 3:1", "all GDN", "head-wise 7:1 random (seed 1)"} <= without
+    for name, variant in table.items():
+        if variant.needs_scores:
+            with pytest.raises(SelectionError, match="needs a scores file"):
+                variant.plan(None, shape)
+        else:
+            plan = variant.plan(None, shape)
+            assert plan is None if name == "original" else plan.shape == shape
