@@ -89,6 +89,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=20, help="samples per task and length")
     ap.add_argument("--only", help="comma-separated variant names (exact); 'original' evaluates the teacher")
     ap.add_argument("--render", action="store_true", help="train nothing: tabulate the rows measured so far")
+    ap.add_argument("--goal", metavar="NAME[@BUDGET]", help="train nothing: one recipe (pooled over its seeds) "
+                                                            "against issue 15's goal, task by task")
     ap.add_argument("--compare", metavar="A,B", help="train nothing: A against B per task and length, paired over "
                                                        "the same samples and pooled over the seeds both have; a side "
                                                        "is a variant at --budget, or NAME@BUDGET")
@@ -98,6 +100,9 @@ def main() -> None:
     rows_dir = Path(args.rows) if args.rows else None
     if args.render:
         print(render(load_rows(out, rows_dir)))
+        return
+    if args.goal:
+        print(goal(load_rows(out, rows_dir), args.goal, args.budget))
         return
     if args.compare:
         print(compare(load_rows(out, rows_dir), *[name.strip() for name in args.compare.split(",")],
@@ -206,12 +211,7 @@ def compare(rows: list[dict], a: str, b: str, budget: str) -> str:
     a variant's name at `budget`, or NAME@BUDGET (one recipe at two budgets: "nope_logscale@2x,nope_logscale@full")."""
     from hydrahead.intervals import paired_comparison
 
-    sides = {}
-    for side in (a, b):
-        name, _, at = side.partition("@")
-        if at and at not in BUDGETS:
-            raise SystemExit(f"--compare: unknown budget {at!r} in {side!r}; budgets: {', '.join(BUDGETS)}")
-        sides[side] = (name, at or budget)
+    sides = {side: parse_side(side, budget, "--compare") for side in (a, b)}
     if len(sides) < 2:
         raise SystemExit(f"--compare needs two different sides, got {a!r} twice")
     seeds = {side: {r["seed"]: cells(r["records"]) for r in rows if (r["variant"], r["budget"]) == key}
@@ -229,6 +229,52 @@ def compare(rows: list[dict], a: str, b: str, budget: str) -> str:
         c = paired_comparison(cells_a, cells_b, "beats")
         name = f"{group[0][0]} @{group[0][1]}" if len(group) == 1 else f"mean of {len(group)} tasks @{group[0][1]}"
         lines.append(f"| {name} | {c.a:.1f} | {c.b:.1f} | {c.diff:+.1f} [{c.lo:+.1f}, {c.hi:+.1f}] | {c.verdict} |")
+    return "\n".join(lines)
+
+
+def parse_side(side: str, budget: str, flag: str) -> tuple[str, str]:
+    """NAME@BUDGET (or NAME, at `budget`) -> (variant, budget)."""
+    name, _, at = side.partition("@")
+    if at and at not in BUDGETS:
+        raise SystemExit(f"{flag}: unknown budget {at!r} in {side!r}; budgets: {', '.join(BUDGETS)}")
+    return name, at or budget
+
+
+def goal(rows: list[dict], side: str, budget: str) -> str:
+    """Issue 15's goal for one recipe, task by task: its mean at 512 pooled over its seeds (each seed's cell
+    resampled on its own) as a share of the teacher's on the same samples, and niah_single_1 at 8192 seed by seed."""
+    from hydrahead.intervals import mean_of_groups, stratified_bootstrap
+    from hydrahead.transfer.config import GOAL_REACH_SCORE, GOAL_SHARE_OF_TEACHER
+
+    name, at = parse_side(side, budget, "--goal")
+    runs = sorted((r for r in rows if (r["variant"], r["budget"]) == (name, at)), key=lambda r: r["seed"])
+    teacher = next((r for r in rows if r["variant"] == "original"), None)
+    if not runs or teacher is None:
+        raise SystemExit(f"--goal needs the 'original' row and at least one {name}@{at} row among the rows")
+    rng = random.Random(0)
+    per_seed = [cells(r["records"]) for r in runs]
+    lines = [f"{name}@{at}, seeds {[r['seed'] for r in runs]}, against the teacher: the goal is "
+             f"{GOAL_SHARE_OF_TEACHER:g}% of its score at 512 on every task (pooled over the seeds, 95% bootstrap "
+             f"over samples) and niah_single_1 >= {GOAL_REACH_SCORE:g} at 8192 for every seed",
+             "| task | length | teacher | recipe [95%] | recipe / teacher | goal |", "|---|---:|---:|---:|---:|---|"]
+    verdicts = []
+    for task, length in COLUMNS:
+        groups = [[100 * v for v in seed[task][length]] for seed in per_seed]
+        ours = mean_of_groups(groups)
+        lo, hi = stratified_bootstrap(groups, rng)
+        if length == "512":
+            theirs = mean_of_groups([[100 * v for v in cells(teacher["records"])[task][length]]])
+            met = ours >= GOAL_SHARE_OF_TEACHER / 100 * theirs
+            share = f"{100 * ours / theirs:.0f}%" if theirs else "-"
+        elif task == "niah_single_1":
+            theirs, share = None, "seeds: " + ", ".join(f"{mean_of_groups([g]):.0f}" for g in groups)
+            met = all(mean_of_groups([g]) >= GOAL_REACH_SCORE for g in groups)
+        else:
+            continue
+        verdicts.append(met)
+        lines.append(f"| {task} | {length} | {'-' if theirs is None else f'{theirs:.1f}'} | {ours:.1f} "
+                     f"[{lo:.1f}, {hi:.1f}] | {share} | {'met' if met else 'not met'} |")
+    lines.append(f"goal {'met' if all(verdicts) else 'not met'}: {sum(verdicts)} of {len(verdicts)} rows")
     return "\n".join(lines)
 
 

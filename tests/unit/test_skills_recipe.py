@@ -77,3 +77,38 @@ def test_compare_pairs_the_seeds_both_sides_have(recipe):
     assert [c.strip() for c in vt.strip("|").split("|")][1:4] == ["75.0", "50.0", "+25.0 [+25.0, +25.0]"]
     with pytest.raises(SystemExit, match="no seed has both"):
         recipe.compare(rows, "nope_logscale + skills mixture@2x", "nope_logscale", budget="full")
+
+
+def goal_rows(text: str) -> dict[tuple[str, str], list[str]]:
+    out = {}
+    for line in text.splitlines():
+        cols = [c.strip() for c in line.strip("|").split("|")]
+        if len(cols) == 6 and cols[1].isdigit():
+            out[(cols[0], cols[1])] = cols[2:]
+    return out
+
+
+def test_the_goal_pools_the_seeds_and_asks_the_reach_of_every_seed(recipe):
+    teacher = row(recipe, "original", 0, 0.8)
+    seed0, seed1 = row(recipe, "nope_logscale", 0, 0.8, "4x"), row(recipe, "nope_logscale", 1, 0.64, "4x")
+    table = goal_rows(recipe.goal([teacher, seed0, seed1], "nope_logscale@4x", "full"))
+    # pooled 72 of the teacher's 80 is exactly 90%: met
+    assert table[("vt", "512")] == ["80.0", "72.0 [72.0, 72.0]", "90%", "met"]
+    # at 8192 seed 1 scores 64 < 95: the reach is asked of each seed, whatever the pool
+    assert table[("niah_single_1", "8192")][2:] == ["seeds: 80, 64", "not met"]
+    assert ("vt", "8192") not in table  # only niah_single_1 carries a goal at 16x
+    with pytest.raises(SystemExit, match="at least one nope_logscale@2x row"):
+        recipe.goal([teacher, seed0], "nope_logscale@2x", "full")
+    with pytest.raises(SystemExit, match="unknown budget"):
+        recipe.goal([teacher, seed0], "nope_logscale@8x", "full")
+
+
+def test_the_goal_is_met_only_when_every_task_is(recipe):
+    teacher = row(recipe, "original", 0, 0.5)
+    records = row(recipe, "nope_logscale", 0, 1.0, "4x")
+    text = recipe.goal([teacher, records], "nope_logscale@4x", "full")
+    assert text.splitlines()[-1] == "goal met: 6 of 6 rows"
+    records["records"] = [dict(r, score=0.4) if r["task"] == "cwe" else r for r in records["records"]]
+    text = recipe.goal([teacher, records], "nope_logscale@4x", "full")
+    assert goal_rows(text)[("cwe", "512")][2:] == ["80%", "not met"]
+    assert text.splitlines()[-1] == "goal not met: 5 of 6 rows"
