@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 
 import torch
@@ -29,7 +30,8 @@ def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, s
     start = time.perf_counter()
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = cache_factory(model) if cache_factory is not None else None
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, **cache_arg(cache))
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, **cache_arg(cache),
+                **_last_logits_only(model))
     prefill_s = time.perf_counter() - start
     cache = output_cache(out)
     next_tok = out.logits[:, -1].argmax(-1)  # [B]
@@ -57,3 +59,9 @@ def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, s
         text = tokenizer.decode(row, skip_special_tokens=True)
         texts.append(text.split("\n")[0] if stop_at_newline else text)
     return texts, int(mask[:, :width].sum()), prefill_s
+
+
+def _last_logits_only(model) -> dict:
+    """The prefill needs the last position's logits only: ask for those where the model's forward takes
+    `logits_to_keep` (transformers' decoders, hydrahead's), which spares a [B, T, vocab] matmul and tensor."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}

@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from hydrahead.compat import CACHE_KWARG
 from hydrahead.errors import HydraheadError
 from hydrahead.evaluation import EvalResult, build_samples, evaluate, score_samples, write_results
 from hydrahead.generation import greedy_generate
@@ -20,6 +21,34 @@ def test_batched_greedy_generation_matches_one_by_one(tiny_model_dir):
     single = [greedy_generate(model, tok, [p], 8)[0][0] for p in prompts]
     assert batched == single
     assert n_prefill == sum(len(tok(p)["input_ids"]) for p in prompts)
+
+
+def test_the_prefill_computes_the_last_logits_only_and_generates_the_same(tiny_model_dir):
+    """The prefill asks for one position's logits (no [B, T, vocab] tensor at long lengths); the completions are
+    those of a model that computes them all."""
+    model, tok = load_causal_lm(tiny_model_dir)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(8.0)
+    widths = []
+    model.register_forward_hook(lambda module, args, out: widths.append(out.logits.shape[1]))
+    prompts = ["The grass is green. The sky", "One of the special magic numbers for x-y is: 12"]
+    texts, _, _ = greedy_generate(model, tok, prompts, 6)
+    assert widths[0] == 1 and len(widths) > 1
+
+    class EveryLogit(torch.nn.Module):  # a forward without logits_to_keep: the prefill asks for nothing more
+        def __init__(self, lm):
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, input_ids, attention_mask, position_ids, use_cache, **cache):
+            assert set(cache) <= {CACHE_KWARG}  # the cache, under the installed release's name, and nothing else
+            return self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                           use_cache=use_cache, **cache)
+
+    widths.clear()
+    assert greedy_generate(EveryLogit(model), tok, prompts, 6)[0] == texts
+    assert widths[0] == max(len(tok(p)["input_ids"]) for p in prompts)
 
 
 def test_scores_aggregate_per_task_length_and_depth(tokenizer, monkeypatch):

@@ -324,10 +324,10 @@ def test_errors(tmp_path):
 def test_shifted_sum_conv_equals_depthwise_conv1d_with_gradients():
     from hydrahead.attention.gdn import causal_depthwise_conv
 
-    x = torch.randn(2, 12, 3 + 37, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 3 + 37, 12, dtype=torch.float64, requires_grad=True)  # [B, K - 1 + T, C]: time-major
     w = torch.randn(12, 1, 4, dtype=torch.float64, requires_grad=True)
     ours = causal_depthwise_conv(x, w)
-    ref = torch.nn.functional.conv1d(x, w, groups=12)
+    ref = torch.nn.functional.conv1d(x.transpose(1, 2), w, groups=12).transpose(1, 2)
     torch.testing.assert_close(ours, ref)
     grads = torch.autograd.grad(ours.square().sum(), (x, w))
     ref_grads = torch.autograd.grad(ref.square().sum(), (x, w))
