@@ -1,7 +1,7 @@
 """Which conversion keeps the teacher's native-length skills (issue 15, point 1)?
 
-Every variant is the teacher's interp 7:1 plan (query granularity) trained through the pipeline's three
-stages (align, distill, long at 2x native) with one change, then evaluated on a fixed small set:
+Every variant is the teacher's interp 7:1 plan (query granularity; heads scored on the pipeline's behaviours
+unless the variant names others) trained through the pipeline's three stages (align, distill, long at 2x native) with one change, then evaluated on a fixed small set:
 niah_single_1, niah_multikey_1, niah_multivalue and vt at 1x and 16x the native length (512, 8192) and cwe at
 1x, `--limit` samples per cell (greedy, evaluation seed 0). Each cell is printed with a 95% bootstrap
 interval over its samples (2000 resamples of the per-sample scores). Each variant's runs and its row are kept
@@ -10,7 +10,7 @@ With --rows DIR each finished row is also kept as DIR/<variant>.json and --rende
 benchmarks/rows/skills keeps the shipped teacher's rows in git (a few kB each), so the tables outlive the run
 folders (gigabytes of checkpoints, which a new machine does not have).
 
-A variant whose conversion options and align settings equal another's at the same budget and seed (a different
+A variant whose plan, conversion options and align settings equal another's at the same budget and seed (a different
 distill mixture, say) takes a copy of that variant's finished align stage instead of training the same stage
 again (its folder notes where the copy came from in ALIGN_SHARED.txt).
 
@@ -27,6 +27,7 @@ import os
 import random
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from hydrahead.evaluation import evaluate
 from hydrahead.jsonfile import write_json_atomic
@@ -36,18 +37,29 @@ from hydrahead.transfer.config import SKILLS_MIXTURE
 from hydrahead.transfer.pipeline import PipelineConfig, train_hybrid
 
 TASKS = "niah_single_1,niah_multikey_1,niah_multivalue,vt"
+PIPELINE_BEHAVIOURS = tuple(PipelineConfig().behaviours)
 BUDGETS = {"quick": (20, 30, 10), "full": (100, 200, 50), "2x": (200, 400, 100), "4x": (400, 800, 200)}
-# name -> (conversion options, per-stage TransferConfig settings)
-VARIANTS: dict[str, tuple[dict, dict]] = {
-    "nope_logscale": ({"fa_position": "nope_logscale"}, {}),
-    "rope": ({"fa_position": "rope"}, {}),
+class Recipe(NamedTuple):
+    options: dict  # conversion options
+    settings: dict  # per-stage TransferConfig settings
+    behaviours: tuple[str, ...] = PIPELINE_BEHAVIOURS  # what the head scoring that picks the FA heads asks
+
+
+VARIANTS: dict[str, Recipe] = {
+    "nope_logscale": Recipe({"fa_position": "nope_logscale"}, {}),
+    "rope": Recipe({"fa_position": "rope"}, {}),
     # RoPE up to the native length, one fixed distance beyond (ReRoPE): rope's native skills, NoPE's reach?
-    "rope_clamped": ({"fa_position": "rope_clamped"}, {}),
-    "nope_logscale + head align": ({"fa_position": "nope_logscale"}, {"align": {"head_weight": 1.0}}),
-    "rope + head align": ({"fa_position": "rope"}, {"align": {"head_weight": 1.0}}),
-    "rope + skills mixture": ({"fa_position": "rope"}, {"distill": {"mixture": SKILLS_MIXTURE}}),
+    "rope_clamped": Recipe({"fa_position": "rope_clamped"}, {}),
+    "nope_logscale + head align": Recipe({"fa_position": "nope_logscale"}, {"align": {"head_weight": 1.0}}),
+    "rope + head align": Recipe({"fa_position": "rope"}, {"align": {"head_weight": 1.0}}),
+    "rope + skills mixture": Recipe({"fa_position": "rope"}, {"distill": {"mixture": SKILLS_MIXTURE}}),
     # the default recipe with more weight on the skills it recovers last (niah_multivalue, vt, cwe)
-    "nope_logscale + skills mixture": ({"fa_position": "nope_logscale"}, {"distill": {"mixture": SKILLS_MIXTURE}}),
+    "nope_logscale + skills mixture": Recipe({"fa_position": "nope_logscale"},
+                                             {"distill": {"mixture": SKILLS_MIXTURE}}),
+    # the FA heads chosen with the no_repeat behaviour beside the pipeline's: the hybrids name a value twice in
+    # niah_multivalue, and the teacher's head that keeps them from it (L3 H6) is not among the pipeline's choice
+    "nope_logscale, no_repeat heads": Recipe({"fa_position": "nope_logscale"}, {},
+                                             (*PIPELINE_BEHAVIOURS, "no_repeat")),
 }
 
 
@@ -110,18 +122,11 @@ def main() -> None:
         return
     teacher, tokenizer = load_causal_lm(args.teacher)
     native = int(teacher.config.max_position_embeddings)
-    cfg = PipelineConfig(teacher=args.teacher, out=str(out), seed=args.seed)
-    scores_path = out / "scores.json"  # the pipeline's full scoring (3 behaviours, 8 pairs)
-    if not scores_path.exists():
-        config = ScoreConfig(behaviours=cfg.behaviours, length=native, num_pairs=cfg.num_pairs, seed=0)
-        score_heads(teacher, tokenizer, config, args.teacher).save(scores_path)
-    scores = Scores.load(scores_path)
-    plan = make_plan(scores.shape, "interp", "7:1", "query", scores=scores)
-    plan.save(out / "plan.json")
     names = [n.strip() for n in args.only.split(",")] if args.only else ["original", *VARIANTS]
     for name in names:
         if name != "original" and name not in VARIANTS:
             raise SystemExit(f"unknown variant {name!r}; variants: original, {', '.join(VARIANTS)}")
+    for name in names:
         tag = "original" if name == "original" else run_tag(name, args.budget, args.seed)
         folder = out / tag
         kept = rows_dir / f"{tag}.json" if rows_dir else None
@@ -141,12 +146,13 @@ def main() -> None:
         if name == "original":
             model = teacher
         else:
-            options, stage_settings = VARIANTS[name]
+            options, stage_settings, behaviours = VARIANTS[name]
+            plan = interp_plan(out, teacher, tokenizer, args.teacher, native, behaviours)
             align, distill, long = BUDGETS[args.budget]
             # the corpus mixture unless the variant says otherwise, whatever the pipeline's default becomes
             run_cfg = PipelineConfig(teacher=args.teacher, out=str(folder), seed=args.seed, align_steps=align,
                                      distill_steps=distill, long_steps=long, distill_mixture="corpus")
-            model = load_model(train_hybrid(run_cfg, out / "plan.json", folder, native, options, progress=False,
+            model = load_model(train_hybrid(run_cfg, plan, folder, native, options, progress=False,
                                             stage_settings=stage_settings))
         trained = time.perf_counter() - start
         records = measure(model, tokenizer, native, args.limit)
@@ -158,6 +164,20 @@ def main() -> None:
             write_json_atomic(kept, row)
         print(f"{tag}: {row['total_minutes']} min; " + render_row(row, native), flush=True)
     print(render(load_rows(out, rows_dir)))
+
+
+def interp_plan(out: Path, teacher, tokenizer, teacher_path: str, native: int, behaviours: tuple[str, ...]) -> Path:
+    """The teacher's interp 7:1 plan (query granularity) from a full scoring (8 pairs) of `behaviours`, both kept
+    in `out` (scores.json and plan.json for the pipeline's behaviours), made once."""
+    suffix = "" if behaviours == PIPELINE_BEHAVIOURS else "-" + "+".join(behaviours)
+    scores_path, plan_path = out / f"scores{suffix}.json", out / f"plan{suffix}.json"
+    if not scores_path.exists():
+        config = ScoreConfig(behaviours=list(behaviours), length=native, num_pairs=8, seed=0)
+        score_heads(teacher, tokenizer, config, teacher_path).save(scores_path)
+    if not plan_path.exists():
+        scores = Scores.load(scores_path)
+        make_plan(scores.shape, "interp", "7:1", "query", scores=scores).save(plan_path)
+    return plan_path
 
 
 def run_tag(name: str, budget: str, seed: int) -> str:
@@ -172,11 +192,11 @@ def share_align(out: Path, name: str, budget: str, seed: int) -> Path | None:
     folder = out / run_tag(name, budget, seed)
     if (folder / "align").exists():
         return None  # trained (or being trained) here
-    options, settings = VARIANTS[name]
-    for other, (other_options, other_settings) in VARIANTS.items():
+    options, settings, behaviours = VARIANTS[name]
+    for other, (other_options, other_settings, other_behaviours) in VARIANTS.items():
         source = out / run_tag(other, budget, seed) / "align"
         if (other != name and other_options == options and other_settings.get("align") == settings.get("align")
-                and (source / "model" / "config.json").exists()):
+                and other_behaviours == behaviours and (source / "model" / "config.json").exists()):
             shutil.rmtree(folder / "align.partial", ignore_errors=True)  # left by a copy that was killed
             shutil.copytree(source, folder / "align.partial")
             (folder / "align.partial").rename(folder / "align")  # whole or not at all

@@ -97,9 +97,11 @@ def test_behaviour_pairs_are_aligned_and_differ_where_the_answer_is(tokenizer, n
         diff = [i for i, (a, b) in enumerate(zip(p.clean, p.corrupt)) if a != b]
         assert diff, "the corruption must change the prompt"
         # the changed span of the clean prompt holds the target, the corrupted one the foil (as text:
-        # a name after "VAR " is the same letters as the answer, but another token)
-        assert tokenizer.decode([p.target]).strip() in tokenizer.decode([p.clean[i] for i in diff])
-        assert tokenizer.decode([p.foil]).strip() in tokenizer.decode([p.corrupt[i] for i in diff])
+        # a name after "VAR " is the same letters as the answer, but another token); no_repeat is the other way
+        # round: the clean answer lists the foil already, and the corrupted one the target
+        in_clean, in_corrupt = (p.foil, p.target) if name == "no_repeat" else (p.target, p.foil)
+        assert tokenizer.decode([in_clean]).strip() in tokenizer.decode([p.clean[i] for i in diff])
+        assert tokenizer.decode([in_corrupt]).strip() in tokenizer.decode([p.corrupt[i] for i in diff])
     again = behaviour.pairs(tokenizer, 512, 3, seed=1)
     assert [p.clean for p in again] == [p.clean for p in pairs]
     assert [p.clean for p in behaviour.pairs(tokenizer, 512, 3, seed=2)] != [p.clean for p in pairs]

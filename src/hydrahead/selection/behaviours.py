@@ -210,12 +210,41 @@ class Induction(Behaviour):
             parts.append(word)
 
 
+class NoRepeat(Behaviour):
+    """niah_multivalue, its answer begun: two of the key's four values are already listed, and the model must name
+    one it has not said. The corrupted answer lists another pair, so the target (a value left in the clean run)
+    is said already and the foil (said in the clean run) is left. A hybrid that retrieves every value but forgets
+    which it has named repeats one (docs/transfer.md); this asks which heads keep track of it."""
+
+    name = "no_repeat"
+    description = "niah_multivalue, two values already listed; the corrupted listing names another value instead"
+    LISTING_TOKENS: ClassVar[int] = 32  # ", ".join of two 7-digit values, at worst a token per character
+
+    def pairs(self, tokenizer, length: int, num_pairs: int, seed: int = 0) -> list[Pair]:
+        rng = random.Random(f"{self.name}-{length}-{seed}")
+        out: list[Pair] = []
+        # the two listed values and the answer's shared first tokens come on top of the sample
+        for sample in generate("niah_multivalue", tokenizer, length - self.LISTING_TOKENS, 3 * num_pairs, seed=seed):
+            first, said, left, *_ = rng.sample(sample.outputs, len(sample.outputs))
+            if len({v[0] for v in (said, left)}) < 2:  # the answers must part at their first digit
+                continue
+            clean, corrupt = f" {first}, {said},", f" {first}, {left},"
+            pair = text_pair(tokenizer, sample.prompt() + clean, sample.prompt() + corrupt, f" {left}", f" {said}")
+            if pair is not None and len(pair.clean) <= length:
+                out.append(pair)
+            if len(out) == num_pairs:
+                return out
+        raise SelectionError(f"behaviour 'no_repeat': only {len(out)} of {num_pairs} pairs could be built at length "
+                             f"{length} (the listings change the token count under this tokenizer)")
+
+
 def _word_like(rng: random.Random, like: str) -> str:
     """A fresh key ("adj-noun") or 7-digit number, of the same kind as `like`."""
     return random_value(rng, "numbers") if like[0].isdigit() else random_key(rng)
 
 
-BEHAVIOURS: dict[str, type[Behaviour]] = {cls.name: cls for cls in (Retrieval, MultiKey, Induction, VariableTracking)}
+BEHAVIOURS: dict[str, type[Behaviour]] = {cls.name: cls for cls in (Retrieval, MultiKey, Induction, VariableTracking,
+                                                                 NoRepeat)}
 
 
 def get_behaviours(spec: str | list[str]) -> list[Behaviour]:
