@@ -58,7 +58,7 @@ VARIANTS: dict[str, Recipe] = {
                                              {"distill": {"mixture": SKILLS_MIXTURE}}),
     # the FA heads chosen with the no_repeat behaviour beside the pipeline's: the hybrids name a value twice in
     # niah_multivalue, and the teacher's head that keeps them from it (L3 H6) is not among the pipeline's choice
-    "nope_logscale, no_repeat heads": Recipe({"fa_position": "nope_logscale"}, {},
+    "nope_logscale + no_repeat heads": Recipe({"fa_position": "nope_logscale"}, {},
                                              (*PIPELINE_BEHAVIOURS, "no_repeat")),
 }
 

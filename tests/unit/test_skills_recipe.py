@@ -37,7 +37,7 @@ def test_a_variant_that_differs_after_align_takes_a_copy_of_the_finished_align(r
     ("rope + skills mixture", "full", 1),  # other conversion options
     ("nope_logscale + skills mixture", "2x", 1),  # another budget
     ("nope_logscale + skills mixture", "full", 0),  # another seed
-    ("nope_logscale, no_repeat heads", "full", 1),  # another plan (its FA heads scored on other behaviours)
+    ("nope_logscale + no_repeat heads", "full", 1),  # another plan (its FA heads scored on other behaviours)
 ])
 def test_no_copy_from_a_stage_trained_another_way(recipe, tmp_path, name, budget, seed):
     finished_align(tmp_path, "nope_logscale__full__s1")
