@@ -325,6 +325,8 @@ def _pipeline(args) -> int:
                                               "align_steps", "distill_steps", "long_steps", "fa_position",
                                               "head_weight", "distill_mixture", "activation_checkpointing")}
     settings = {k: v for k, v in settings.items() if v is not None}
+    if args.behaviours:
+        settings["behaviours"] = [b.strip() for b in args.behaviours.split(",") if b.strip()]
     cfg = PipelineConfig.quick(**settings) if args.quick else PipelineConfig(**settings)
     run_pipeline(cfg, args.results, progress=not args.quiet)
     return 0
@@ -428,12 +430,16 @@ def _tasks_generate(args) -> int:
     return 0
 
 
+# every behaviour of hydrahead.selection.BEHAVIOURS (a test keeps them equal; the registry imports torch)
+BEHAVIOUR_HELP = "retrieval, multikey, induction, vt, no_repeat"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import cli_checks as checks
     from .cli_help import Parser, VersionAction, command, flag
     from .decoding.cli import add_roles_parser, add_sparse_args
     from .teacher.config import PRESETS, TeacherConfig
-    from .transfer.config import DISTILL_MIXTURES, TransferConfig
+    from .transfer.config import DEFAULT_BEHAVIOURS, DISTILL_MIXTURES, TransferConfig
     from .transfer.pipeline import QUICK, PipelineConfig
 
     parser = Parser(prog="hydrahead", description="Head-wise long-context tools for HF causal LMs.")
@@ -490,8 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sc = command(sub, "score", "score every attention head by activation and path patching")
     sc.add_argument(*flag("model"), required=True, help="a local HF model directory (the original Transformer)")
-    sc.add_argument(*flag("behaviours", "--behaviors"), default="retrieval,multikey,induction",
-                    help="comma-separated: retrieval, multikey, induction, vt")
+    sc.add_argument(*flag("behaviours", "--behaviors"), default=",".join(DEFAULT_BEHAVIOURS),
+                    help=f"comma-separated, of {BEHAVIOUR_HELP}")
     sc.add_argument(*flag("length"), type=int, default=512, help="prompt length in tokens")
     sc.add_argument(*flag("num_pairs"), type=int, default=8, help="clean / corrupted pairs per behaviour")
     sc.add_argument(*flag("seed"), type=int, default=0, help="seed of the prompt pairs")
@@ -601,6 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument(*flag("ratio"), help=f"GDN:FA query heads {pipeline_default('ratio')}")
     pp.add_argument(*flag("granularity"), choices=["query", "kv"],
                     help=f"plan units: query heads or KV groups {pipeline_default('granularity')}")
+    pp.add_argument(*flag("behaviours", "--behaviors"), help="comma-separated: the behaviours whose head scores pick "
+                    f"the FA heads, of {BEHAVIOUR_HELP} (default: {','.join(DEFAULT_BEHAVIOURS)}; with --quick "
+                    f"{','.join(QUICK['behaviours'])})")
     pp.add_argument(*flag("align_steps"), type=int, help=f"stage 1 steps {pipeline_default('align_steps')}")
     pp.add_argument(*flag("distill_steps"), type=int, help=f"stage 2 steps {pipeline_default('distill_steps')}")
     pp.add_argument(*flag("long_steps"), type=int, help=f"stage 3 steps {pipeline_default('long_steps')}")

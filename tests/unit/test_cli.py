@@ -212,3 +212,19 @@ def test_a_cli_run_shows_no_third_party_deprecations_or_load_bars(tmp_path, comm
     noise = [line for line in proc.stderr.splitlines()
              if "deprecat" in line.lower() or "Loading weights" in line or "Writing model shards" in line]
     assert noise == []
+
+
+def test_the_behaviours_named_in_help_are_the_registered_ones_and_the_pipeline_takes_them(monkeypatch):
+    import hydrahead.transfer.pipeline as pipeline
+    from hydrahead.cli import BEHAVIOUR_HELP, main
+    from hydrahead.selection import BEHAVIOURS
+
+    assert BEHAVIOUR_HELP.split(", ") == list(BEHAVIOURS)
+    seen = {}
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda cfg, results, progress: seen.setdefault("cfg", cfg))
+    monkeypatch.setattr("hydrahead.cli_checks.model_dir", lambda *a: None)
+    assert main(["pipeline", "--behaviours", "retrieval, no_repeat", "--quick", "--quiet"]) == 0
+    assert seen["cfg"].behaviours == ["retrieval", "no_repeat"] and seen["cfg"].align_steps == 20
+    seen.clear()
+    assert main(["pipeline", "--quiet"]) == 0
+    assert seen["cfg"].behaviours == ["retrieval", "multikey", "induction", "no_repeat"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from hydrahead.transfer.config import TransferError
 from tests.conftest import script_fixture
 
 LENGTHS = [512, 1024]
@@ -68,10 +69,10 @@ def test_only_selects_a_name_that_holds_a_comma(comparison):
 
 def test_a_rows_folder_keeps_one_budget(comparison, tmp_path):
     budget = {"teacher": "models/hydrahead-teacher-8l", "align_steps": 100}
-    comparison.check_budget(tmp_path / "rows", budget, "--rows")  # a new folder: made, the budget noted
-    comparison.check_budget(tmp_path / "rows", budget, "--rows")  # the same budget: reused
-    with pytest.raises(SystemExit, match=r"another budget .*'align_steps': \(100, 20\).*use another --rows"):
-        comparison.check_budget(tmp_path / "rows", {**budget, "align_steps": 20}, "--rows")
+    comparison.check_settings(tmp_path / "rows", budget, "--rows", "budget.json")  # a new folder: the budget noted
+    comparison.check_settings(tmp_path / "rows", budget, "--rows", "budget.json")  # the same budget: reused
+    with pytest.raises(TransferError, match=r"other settings .*'align_steps': \(100, 20\).*use another --rows"):
+        comparison.check_settings(tmp_path / "rows", {**budget, "align_steps": 20}, "--rows", "budget.json")
 
 
 def test_an_evaluation_resumes_from_its_kept_pieces_and_never_pairs_a_retrained_model(comparison, tmp_path,

@@ -454,3 +454,35 @@ def test_a_pipeline_with_an_unknown_fa_position_is_refused_before_the_teacher_lo
     with pytest.raises(HydraheadError, match="fa_position must be one of"):
         run_pipeline(cfg, tmp_path / "results", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_pipeline_with_an_unknown_behaviour_is_refused_before_the_teacher_loads(tmp_path):
+    from hydrahead.selection import SelectionError
+    from hydrahead.transfer.pipeline import PipelineConfig, run_pipeline
+
+    cfg = PipelineConfig(teacher=str(tmp_path / "no-teacher"), out=str(tmp_path / "run"),
+                         behaviours=["retrieval", "copying"])
+    with pytest.raises(SelectionError, match="copying"):
+        run_pipeline(cfg, tmp_path / "results", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_pipeline_folder_is_never_reused_with_other_settings(tmp_path):
+    from hydrahead.transfer.config import TransferError
+    from hydrahead.transfer.pipeline import PipelineConfig, check_run_folder
+
+    out = tmp_path / "run"
+    check_run_folder(PipelineConfig(out=str(out)))  # a new folder: its settings noted
+    check_run_folder(PipelineConfig(out=str(out)))  # the same: reused
+    with pytest.raises(TransferError, match=r"other settings .*'distill_steps': \(200, 800\).*another --out"):
+        check_run_folder(PipelineConfig(out=str(out), distill_steps=800))
+    # a folder made before settings were noted, with head scores of the old default behaviours
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "scores.json").write_text(json.dumps({"config": {"behaviours": ["retrieval", "multikey", "induction"]}}))
+    with pytest.raises(TransferError, match="behaviours retrieval,multikey,induction, not retrieval,multikey,"
+                                            "induction,no_repeat; use another --out, or --behaviours"):
+        check_run_folder(PipelineConfig(out=str(old)))
+    assert not (old / "settings.json").exists()
+    check_run_folder(PipelineConfig(out=str(old), behaviours=["retrieval", "multikey", "induction"]))
+    assert json.loads((old / "settings.json").read_text())["behaviours"] == ["retrieval", "multikey", "induction"]

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..jsonfile import read_json, write_json_atomic
 from ..plan import ModelShape
+from ..transfer.config import DEFAULT_BEHAVIOURS
 from .behaviours import SelectionError, get_behaviours
 from .heads import attention_modules
 from .patching import (
@@ -36,7 +37,7 @@ MIN_GAP = 1e-3  # a logit-difference gap below this means the model does not do 
 
 @dataclass
 class ScoreConfig:
-    behaviours: list[str] = field(default_factory=lambda: ["retrieval", "multikey", "induction"])
+    behaviours: list[str] = field(default_factory=lambda: list(DEFAULT_BEHAVIOURS))
     length: int = 512
     num_pairs: int = 8
     seed: int = 0

@@ -25,6 +25,12 @@ DISTILL_MIXTURES: dict[str, dict[str, float] | None] = {"corpus": None, "skills"
 # niah_single_1 stays at this score or more at 16x the native length.
 GOAL_SHARE_OF_TEACHER = 90.0
 GOAL_REACH_SCORE = 95.0
+# The behaviours whose head scores pick the FA heads (`hydrahead score` and the pipeline, by default; here, not in
+# selection, so that the command line reads them without loading torch). no_repeat joined on 2026-12-02 by a rule
+# written before its runs (benchmarks/rows/skills/RULE-no-repeat.md): the teacher's head that keeps it from naming
+# a value twice scores nothing on the other three, and the hybrids that lost it repeat values (niah_multivalue at
+# 512: 56 -> 94, pooled over two training seeds).
+DEFAULT_BEHAVIOURS = ("retrieval", "multikey", "induction", "no_repeat")
 
 
 class TransferError(HydraheadError):

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import DISTILL_MIXTURES, TransferConfig, TransferError
+from .config import DEFAULT_BEHAVIOURS, DISTILL_MIXTURES, TransferConfig, TransferError
 
 
 @dataclass
@@ -21,7 +21,7 @@ class PipelineConfig:
     out: str = "runs/pipeline"
     ratio: str = "7:1"
     granularity: str = "query"
-    behaviours: list[str] = field(default_factory=lambda: ["retrieval", "multikey", "induction"])
+    behaviours: list[str] = field(default_factory=lambda: list(DEFAULT_BEHAVIOURS))  # that pick the FA heads
     num_pairs: int = 8
     align_steps: int = 100
     distill_steps: int = 200
@@ -59,6 +59,42 @@ class PipelineConfig:
         return cls(**{**QUICK, **kw})
 
 
+# What shapes a pipeline run's scores and models: a --out made with one set is never reused with another.
+SETTINGS = ("teacher", "ratio", "granularity", "behaviours", "num_pairs", "align_steps", "distill_steps", "long_steps",
+            "long_factor", "batch_size", "lr", "fa_position", "head_weight", "distill_mixture", "seed")
+
+
+def check_settings(folder: str | Path, settings: dict, flag: str = "--out", file: str = "settings.json") -> None:
+    """A folder of runs holds runs of one set of settings: noted in `file` when the folder is new, and a later run
+    with other settings is refused (naming what differs) instead of reusing what was trained for the old ones."""
+    from ..jsonfile import write_json_atomic
+
+    path = Path(folder) / file
+    new = json.loads(json.dumps(settings))  # tuples as lists, as read back
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != new:
+            diff = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
+            raise TransferError(f"{folder} holds runs made with other settings (old, new): {diff}; "
+                                f"use another {flag}")
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, new)
+
+
+def check_run_folder(cfg: PipelineConfig) -> None:
+    """check_settings for a pipeline's --out. A folder made before the settings were noted is judged by its head
+    scores' behaviours (the default changed on 2026-12-02): its plan and models follow from them."""
+    out = Path(cfg.out)
+    scores = out / "scores.json"
+    if scores.exists() and not (out / "settings.json").exists():
+        made = json.loads(scores.read_text()).get("config", {}).get("behaviours")
+        if made is not None and list(made) != list(cfg.behaviours):
+            raise TransferError(f"{out} holds head scores of the behaviours {','.join(made)}, not "
+                                f"{','.join(cfg.behaviours)}; use another --out, or --behaviours {','.join(made)}")
+    check_settings(out, {k: getattr(cfg, k) for k in SETTINGS})
+
+
 # what `hydrahead pipeline --quick` changes
 QUICK = {"behaviours": ["retrieval"], "num_pairs": 4, "align_steps": 20, "distill_steps": 30, "long_steps": 10,
          "factors": (1, 2, 4), "limit": 5}
@@ -75,12 +111,13 @@ def run_pipeline(cfg: PipelineConfig, results: str | Path = "results/pipeline", 
     from ..outputs import check_dir_writable
     from ..models import load_causal_lm, load_model
     from ..plots import plot_head_scores
-    from ..selection import ScoreConfig, Scores, make_plan, score_heads
+    from ..selection import ScoreConfig, Scores, get_behaviours, make_plan, score_heads
     started = time.perf_counter()
     check_dir_writable(results, "--results")  # before hours of training, not after
     HybridOptions(fa_position=cfg.fa_position)  # refuses an unknown one before the head scores, not after
+    get_behaviours(cfg.behaviours)  # likewise an unknown behaviour
+    check_run_folder(cfg)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
     def timed(name, fn):
