@@ -93,4 +93,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from hydrahead.quiet import third_party_quiet
+
+    with third_party_quiet():  # no load bars or deprecation notices from transformers in the logs
+        main()

@@ -619,4 +619,7 @@ def slug(name: str) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from hydrahead.quiet import third_party_quiet
+
+    with third_party_quiet():  # no load bars or deprecation notices from transformers in the logs
+        main()
