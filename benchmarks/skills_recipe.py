@@ -1,7 +1,8 @@
 """Which conversion keeps the teacher's native-length skills (issue 15, point 1)?
 
-Every variant is the teacher's interp 7:1 plan (query granularity; heads scored on the pipeline's behaviours
-unless the variant names others) trained through the pipeline's three stages (align, distill, long at 2x native) with one change, then evaluated on a fixed small set:
+Every variant is the teacher's interp 7:1 plan (query granularity; heads scored on STUDY_BEHAVIOURS unless the
+variant names others; the all-FA controls have every head FA) trained through the pipeline's three stages (align,
+distill, long at 2x native) with one change, then evaluated on a fixed small set:
 niah_single_1, niah_multikey_1, niah_multivalue and vt at 1x and 16x the native length (512, 8192) and cwe at
 1x, `--limit` samples per cell (greedy, evaluation seed 0). Each cell is printed with a 95% bootstrap
 interval over its samples (2000 resamples of the per-sample scores). Each variant's runs and its row are kept
@@ -45,6 +46,7 @@ class Recipe(NamedTuple):
     options: dict  # conversion options
     settings: dict  # per-stage TransferConfig settings
     behaviours: tuple[str, ...] = STUDY_BEHAVIOURS  # what the head scoring that picks the FA heads asks
+    all_fa: bool = False  # every head FA (built as the hybrids' FA heads are): the control without GDN heads
 
 
 VARIANTS: dict[str, Recipe] = {
@@ -66,6 +68,11 @@ VARIANTS: dict[str, Recipe] = {
     "nope_logscale + skills mixture + no_repeat heads": Recipe({"fa_position": "nope_logscale"},
                                                               {"distill": {"mixture": SKILLS_MIXTURE}},
                                                               (*STUDY_BEHAVIOURS, "no_repeat")),
+    # the controls of the recipe's table (recipe_table.py): no GDN head, the same stages and data
+    "all FA (NoPE + log-scale) + skills mixture": Recipe({"fa_position": "nope_logscale"},
+                                                         {"distill": {"mixture": SKILLS_MIXTURE}}, all_fa=True),
+    "all FA (RoPE) + skills mixture": Recipe({"fa_position": "rope"}, {"distill": {"mixture": SKILLS_MIXTURE}},
+                                             all_fa=True),
 }
 
 
@@ -88,9 +95,10 @@ def slug(name: str) -> str:
     return name.replace(" + ", "+").replace(" ", "_")
 
 
-def measure(model, tokenizer, native: int, limit: int) -> list[dict]:
+def measure(model, tokenizer, native: int, limit: int, factors: tuple[int, ...] = (1, 16)) -> list[dict]:
+    """Per-sample scores of TASKS at these multiples of the native length and of cwe at the native length."""
     records = []
-    for tasks, lengths in ((TASKS, [native, 16 * native]), ("cwe", [native])):
+    for tasks, lengths in ((TASKS, [f * native for f in factors]), ("cwe", [native])):
         result = evaluate(model, tokenizer, tasks, lengths, limit, 0, progress=False)
         records += [{"task": r["task"], "length": r["length"], "score": r["score"]} for r in result.records]
     return records
@@ -152,8 +160,10 @@ def main() -> None:
         if name == "original":
             model = teacher
         else:
-            options, stage_settings, behaviours = VARIANTS[name]
-            plan = interp_plan(out, teacher, tokenizer, args.teacher, native, behaviours)
+            recipe = VARIANTS[name]
+            options, stage_settings = recipe.options, recipe.settings
+            plan = (all_fa_plan(out, teacher.config) if recipe.all_fa
+                    else interp_plan(out, teacher, tokenizer, args.teacher, native, recipe.behaviours))
             align, distill, long = BUDGETS[args.budget]
             # the corpus mixture unless the variant says otherwise, whatever the pipeline's default becomes
             run_cfg = PipelineConfig(teacher=args.teacher, out=str(folder), seed=args.seed, align_steps=align,
@@ -186,6 +196,16 @@ def interp_plan(out: Path, teacher, tokenizer, teacher_path: str, native: int, b
     return plan_path
 
 
+def all_fa_plan(out: Path, config) -> Path:
+    """Every head of every layer FA, kept in `out` as plan-all_fa.json."""
+    from hydrahead.plan import HeadPlan
+
+    path = out / "plan-all_fa.json"
+    if not path.exists():
+        HeadPlan.full_attention(config).save(path)
+    return path
+
+
 def run_tag(name: str, budget: str, seed: int) -> str:
     return f"{slug(name)}__{budget}__s{seed}"
 
@@ -198,11 +218,12 @@ def share_align(out: Path, name: str, budget: str, seed: int) -> Path | None:
     folder = out / run_tag(name, budget, seed)
     if (folder / "align").exists():
         return None  # trained (or being trained) here
-    options, settings, behaviours = VARIANTS[name]
-    for other, (other_options, other_settings, other_behaviours) in VARIANTS.items():
+    ours = VARIANTS[name]
+    for other, theirs in VARIANTS.items():
         source = out / run_tag(other, budget, seed) / "align"
-        if (other != name and other_options == options and other_settings.get("align") == settings.get("align")
-                and other_behaviours == behaviours and (source / "model" / "config.json").exists()):
+        if (other != name and theirs.options == ours.options and theirs.settings.get("align") == ours.settings.get("align")
+                and (theirs.behaviours, theirs.all_fa) == (ours.behaviours, ours.all_fa)
+                and (source / "model" / "config.json").exists()):
             shutil.rmtree(folder / "align.partial", ignore_errors=True)  # left by a copy that was killed
             shutil.copytree(source, folder / "align.partial")
             (folder / "align.partial").rename(folder / "align")  # whole or not at all

@@ -32,7 +32,8 @@ def cli_in_process(*args: str):
 def script_fixture(name: str):
     """A module-scoped fixture giving a script of benchmarks/ imported as a module (they are not a package), to
     test its pieces: `recipe = script_fixture("skills_recipe")` in a test module. Registered in sys.modules while
-    the module's tests run, as its dataclasses look their module up; removed after them."""
+    the module's tests run, as its dataclasses look their module up; removed after them. A script that imports
+    another script (`from skills_recipe import ...`, as when run from benchmarks/) finds it."""
     import importlib.util
     import sys
 
@@ -41,11 +42,13 @@ def script_fixture(name: str):
         spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
+        sys.path.insert(0, str(ROOT / "benchmarks"))
         try:
             spec.loader.exec_module(module)
             yield module
         finally:
             sys.modules.pop(name, None)
+            sys.path.remove(str(ROOT / "benchmarks"))
 
     return fixture
 

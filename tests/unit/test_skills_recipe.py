@@ -38,6 +38,7 @@ def test_a_variant_that_differs_after_align_takes_a_copy_of_the_finished_align(r
     ("nope_logscale + skills mixture", "2x", 1),  # another budget
     ("nope_logscale + skills mixture", "full", 0),  # another seed
     ("nope_logscale + no_repeat heads", "full", 1),  # another plan (its FA heads scored on other behaviours)
+    ("all FA (NoPE + log-scale) + skills mixture", "full", 1),  # another plan (every head FA), the rest alike
 ])
 def test_no_copy_from_a_stage_trained_another_way(recipe, tmp_path, name, budget, seed):
     finished_align(tmp_path, "nope_logscale__full__s1")
