@@ -35,7 +35,7 @@ from hydrahead.jsonfile import write_json_atomic
 from hydrahead.models import load_causal_lm, load_model
 from hydrahead.selection import ScoreConfig, Scores, make_plan, score_heads
 from hydrahead.transfer.config import SKILLS_MIXTURE
-from hydrahead.transfer.pipeline import PipelineConfig, train_hybrid
+from hydrahead.transfer.pipeline import PipelineConfig, check_settings, train_hybrid
 
 TASKS = "niah_single_1,niah_multikey_1,niah_multivalue,vt"
 # the behaviours that picked every variant's FA heads unless it says otherwise: the pipeline's default when the
@@ -155,6 +155,9 @@ def main() -> None:
             continue
         folder.mkdir(parents=True, exist_ok=True)
         if name != "original":
+            # a variant redefined since its folder was made would resume the old one's stages: refused instead
+            check_settings(folder, {"recipe": VARIANTS[name]._asdict(), "steps": BUDGETS[args.budget],
+                                    "seed": args.seed, "teacher": args.teacher}, "--out", "recipe.json")
             share_align(out, name, args.budget, args.seed)
         start, load = time.perf_counter(), os.getloadavg()[0]
         if name == "original":

@@ -114,3 +114,22 @@ def test_the_goal_is_met_only_when_every_task_is(recipe):
     text = recipe.goal([teacher, records], "nope_logscale@4x", "full")
     assert goal_rows(text)[("cwe", "512")][2:] == ["80%", "not met"]
     assert text.splitlines()[-1] == "goal not met: 5 of 6 rows"
+
+
+def test_a_redefined_variant_never_resumes_its_old_folder(recipe, tmp_path, monkeypatch):
+    from hydrahead.transfer.config import TransferError
+
+    from types import SimpleNamespace
+
+    teacher = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=512))
+    monkeypatch.setattr(recipe, "load_causal_lm", lambda path: (teacher, None))
+    monkeypatch.setattr(recipe, "share_align", lambda *a: (_ for _ in ()).throw(RuntimeError("checked")))
+    argv = ["skills_recipe.py", "--out", str(tmp_path), "--budget", "quick", "--only", "nope_logscale"]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(RuntimeError, match="checked"):  # the folder's recipe noted, then on to the training
+        recipe.main()
+    folder = tmp_path / "nope_logscale__quick__s0"
+    assert json.loads((folder / "recipe.json").read_text())["recipe"]["options"] == {"fa_position": "nope_logscale"}
+    monkeypatch.setitem(recipe.VARIANTS, "nope_logscale", recipe.Recipe({"fa_position": "rope"}, {}))
+    with pytest.raises(TransferError, match="other settings .*'recipe'.*use another --out"):
+        recipe.main()
