@@ -421,7 +421,6 @@ def main():
 
 
 if __name__ == "__main__":
-    from hydrahead.quiet import third_party_quiet
+    from hydrahead.quiet import run_quietly
 
-    with third_party_quiet():  # no load bars or deprecation notices from transformers in the logs
-        main()
+    run_quietly(main)

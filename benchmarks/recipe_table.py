@@ -21,7 +21,7 @@ import json
 import random
 from pathlib import Path
 
-from skills_recipe import TASKS, VARIANTS, cells, measure, parse_side, run_tag
+from skills_recipe import TASKS, VARIANTS, cells, measure, parse_side, reach_verdict, run_tag, share_verdict
 
 from hydrahead.intervals import mean_of_groups, stratified_bootstrap
 from hydrahead.jsonfile import write_json_atomic
@@ -100,14 +100,12 @@ def render(cols: list[tuple[str, list[dict]]], native: int) -> tuple[str, dict]:
                 curves[heading].append((mean, lo, hi))
         task, n = group[0]
         name = task if len(group) == 1 else f"**mean of {len(group)}**"
-        share, verdict = "", ""
+        share, met = "", None
         if len(group) == 1 and n == lengths[0]:
-            share = f"{100 * means[1] / means[0]:.0f}%" if means[0] else "-"
-            verdict = "met" if means[1] >= GOAL_SHARE_OF_TEACHER / 100 * means[0] else "not met"
+            share, met = share_verdict(means[1], means[0])
         elif len(group) == 1 and (task, n) == ("niah_single_1", lengths[-1]):
-            per_seed = [100 * sum(s[task][n]) / len(s[task][n]) for s in cols[1][1]]
-            share = "seeds: " + ", ".join(f"{v:.0f}" for v in per_seed)
-            verdict = "met" if all(v >= GOAL_REACH_SCORE for v in per_seed) else "not met"
+            share, met = reach_verdict([[100 * v for v in seed[task][n]] for seed in cols[1][1]])
+        verdict = "" if met is None else "met" if met else "not met"
         lines.append(f"| {name} | {n} | " + " | ".join(texts) + f" | {share} | {verdict} |")
     return "\n".join(lines), curves
 
@@ -165,7 +163,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from hydrahead.quiet import third_party_quiet
+    from hydrahead.quiet import run_quietly
 
-    with third_party_quiet():  # no load bars or deprecation notices from transformers in the logs
-        main()
+    run_quietly(main)

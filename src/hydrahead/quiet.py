@@ -35,6 +35,13 @@ def third_party_quiet():
             restore()
 
 
+def run_quietly(main) -> None:
+    """A script's main under third_party_quiet: benchmarks/ run for hours, and their logs were thousands of load
+    bars deep."""
+    with third_party_quiet():
+        main()
+
+
 def _quiet_transformers():
     """Drop transformers' deprecation log records and its progress bars; returns the undo. Importing
     transformers.utils.logging does not import torch (half a second)."""

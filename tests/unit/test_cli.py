@@ -217,7 +217,7 @@ def test_a_cli_run_shows_no_third_party_deprecations_or_load_bars(tmp_path, comm
 def test_a_benchmark_run_shows_no_load_bars_either():
     """The training studies' logs were thousands of "Loading weights" bars; every script runs under the quiet."""
     loud = [p.name for p in sorted((ROOT / "benchmarks").glob("*.py"))
-            if "def main(" in p.read_text() and "with third_party_quiet():" not in p.read_text()]
+            if "def main(" in p.read_text() and "run_quietly(main)" not in p.read_text()]
     assert loud == []
     proc = run("benchmarks/multivalue_repeats.py", "--models", str(TEACHER), "--limit", "1", "--pairs", "1")
     assert proc.returncode == 0, proc.stderr
