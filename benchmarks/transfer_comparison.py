@@ -121,8 +121,7 @@ def interp_7to1(scores: Scores, shape: ModelShape) -> HeadPlan:
 
 
 def every_head(scores: Scores | None, shape: ModelShape) -> HeadPlan:
-    return HeadPlan(shape, [list(range(shape.num_heads)) for _ in range(shape.num_layers)], "kv",
-                    {"strategy": "full_attention"})
+    return HeadPlan.full_attention(shape)
 
 
 def variants(random_seeds: int, train_seeds: int) -> dict[str, Variant]:
@@ -149,9 +148,7 @@ def variants(random_seeds: int, train_seeds: int) -> dict[str, Variant]:
         lambda scores, shape: make_plan(shape, "retrieval_score", "7:1", scores=scores))
     main_row(LAYERWISE, layerwise_3to1, needs_scores=False)
     main_row(EQUAL_KV, equal_kv)
-    # (HeadPlan.all_gdn takes a model config; the scores carry only the shape)
-    out["all GDN"] = Variant(lambda scores, shape: HeadPlan(shape, [[] for _ in range(shape.num_layers)], "kv",
-                                                            {"strategy": "all_gdn"}), needs_scores=False)
+    out["all GDN"] = Variant(lambda scores, shape: HeadPlan.all_gdn(shape), needs_scores=False)
     out["head-wise 7:1 interp, concat fusion"] = Variant(interp_7to1, {"fusion": "concat"})
     out["head-wise 7:1 interp, gate fusion"] = Variant(interp_7to1, {"fusion": "gate"})
     return out

@@ -65,7 +65,10 @@ class ModelShape:
 
     @classmethod
     def of(cls, config) -> ModelShape:
-        """The attention shape of an HF config (Qwen3, Llama and their kin)."""
+        """The attention shape of an HF config (Qwen3, Llama and their kin); a ModelShape is its own shape, so
+        the plans built from a config (HeadPlan.full_attention, ...) also serve callers that hold only a shape."""
+        if isinstance(config, ModelShape):
+            return config
         heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
@@ -122,7 +125,7 @@ class HeadPlan:
         return cls(ModelShape.of(config), [list(layer) for layer in fa_heads], granularity, dict(meta))
 
     @classmethod
-    def full_attention(cls, config) -> HeadPlan:
+    def full_attention(cls, config) -> HeadPlan:  # config: an HF config or a ModelShape
         """Every head FA: the original model, expressed as a plan."""
         shape = ModelShape.of(config)
         return cls(shape, [list(range(shape.num_heads))] * shape.num_layers, "kv", {"strategy": "full_attention"})

@@ -22,6 +22,15 @@ def test_shape_and_ratio():
     assert plan.gdn_heads(3) == [0, 1, 4, 5, 6]
 
 
+def test_plans_from_a_shape_equal_plans_from_its_config():
+    # callers that hold only a shape (head scores, the comparison's variants) build the same plans
+    shape = ModelShape.of(config())
+    assert ModelShape.of(shape) is shape
+    for build in (HeadPlan.full_attention, HeadPlan.all_gdn):
+        assert build(shape).to_dict() == build(config()).to_dict()
+    assert HeadPlan.full_attention(shape).fa_heads == [list(range(8))] * 4
+
+
 def test_kv_cache_follows_gqa():
     # group size 4: heads 0-3 share KV head 0, heads 4-7 share KV head 1
     plan = HeadPlan.from_config(config(), [[0], [5], [], [2, 3, 7]])

@@ -66,12 +66,7 @@ def uniform_roles(shape: ModelShape) -> list[list[str]]:
 
 def role_plan(config_or_shape, roles, **meta) -> HeadPlan:
     """A plan that carries only decode roles: every head FA (the plain model) plus `roles`."""
-    if isinstance(config_or_shape, ModelShape):
-        s = config_or_shape
-        base = HeadPlan(s, [list(range(s.num_heads))] * s.num_layers, "kv", {"strategy": "full_attention"})
-    else:
-        base = HeadPlan.full_attention(config_or_shape)
-    return base.with_roles(roles, **meta)
+    return HeadPlan.full_attention(config_or_shape).with_roles(roles, **meta)
 
 
 NO_ROLES = ("sparse decoding needs decode roles (retrieval / sparse per KV head) and {what}: learn them in seconds "
