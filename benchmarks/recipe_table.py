@@ -10,7 +10,7 @@ pools its training seeds (every seed's cell resampled on its own: 95% stratified
 
     OMP_NUM_THREADS=1 python benchmarks/recipe_table.py --out /work/longruns/skills \\
         --recipe "nope_logscale + skills mixture + no_repeat heads@4x" \\
-        --controls "all FA (NoPE + log-scale) + skills mixture@4x" --seeds 0,1 --plot docs/recipe_table.png
+        --controls "all FA (RoPE) + skills mixture@4x" --seeds 0,1 --plot docs/recipe_table.png
     python benchmarks/recipe_table.py --render ...   # the same table from the rows, evaluating nothing
 """
 
@@ -132,7 +132,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/skills", help="skills_recipe.py's run folders")
     ap.add_argument("--rows", default="benchmarks/rows/recipe", help="each model's scores, one JSON per run (git)")
     ap.add_argument("--recipe", default="nope_logscale + skills mixture + no_repeat heads@4x", help="NAME@BUDGET")
-    ap.add_argument("--controls", default="all FA (NoPE + log-scale) + skills mixture@4x",
+    ap.add_argument("--controls", default="all FA (RoPE) + skills mixture@4x",
                     help="comma-separated NAME@BUDGET, trained alike without GDN heads ('' for none)")
     ap.add_argument("--seeds", default="0,1", help="training seeds of the recipe and the controls")
     ap.add_argument("--limit", type=int, default=20, help="samples per task and length")

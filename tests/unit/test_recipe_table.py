@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import script_fixture
 
 table = script_fixture("recipe_table")
-RECIPE, CONTROL = "nope_logscale + skills mixture + no_repeat heads@4x", "all FA (NoPE + log-scale) + skills mixture@4x"
+RECIPE, CONTROL = "nope_logscale + skills mixture + no_repeat heads@4x", "all FA (RoPE) + skills mixture@4x"
 
 
 def write_row(table, rows, tag: str, score, n: int = 4) -> None:

@@ -46,6 +46,17 @@ def test_no_copy_from_a_stage_trained_another_way(recipe, tmp_path, name, budget
     assert not (tmp_path / recipe.run_tag(name, budget, seed) / "align").exists()
 
 
+def test_the_cwe_weighted_mixture_shares_the_align_of_the_mixture_with_the_same_heads(recipe, tmp_path):
+    # same plan (no_repeat heads), options and align settings; only the distill mixture differs
+    finished_align(tmp_path, "nope_logscale+skills_mixture+no_repeat_heads__4x__s1")
+    name = "nope_logscale + cwe-weighted mixture + no_repeat heads"
+    assert recipe.share_align(tmp_path, name, "4x", 1) == (
+        tmp_path / "nope_logscale+skills_mixture+no_repeat_heads__4x__s1" / "align")
+    assert recipe.share_align(tmp_path, name, "4x", 0) is None  # the other seed's align is not there
+    assert abs(sum(recipe.CWE_MIXTURE.values()) - 1) < 1e-9
+    assert recipe.CWE_MIXTURE["cwe"] == 2 * recipe.SKILLS_MIXTURE["cwe"]
+
+
 def test_no_copy_from_an_align_stage_still_training(recipe, tmp_path):
     (tmp_path / "nope_logscale__full__s0" / "align" / "checkpoint").mkdir(parents=True)  # no model yet
     assert recipe.share_align(tmp_path, "nope_logscale + skills mixture", "full", 0) is None
