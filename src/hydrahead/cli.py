@@ -431,7 +431,7 @@ def _tasks_generate(args) -> int:
 
 
 # every behaviour of hydrahead.selection.BEHAVIOURS (a test keeps them equal; the registry imports torch)
-BEHAVIOUR_HELP = "retrieval, multikey, induction, vt, no_repeat"
+BEHAVIOUR_HELP = "retrieval, multikey, induction, vt, no_repeat, common_words"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@ construction, path patching, resumable sweeps, fusion and plans."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -110,6 +111,21 @@ def test_behaviour_pairs_are_aligned_and_differ_where_the_answer_is(tokenizer, n
 def test_multikey_swaps_values_so_every_number_stays_in_the_context(tokenizer):
     p = get_behaviours("multikey")[0].pairs(tokenizer, 400, 1, seed=0)[0]
     assert sorted(p.clean) == sorted(p.corrupt)
+
+
+def test_common_words_trades_only_the_counts_of_target_and_foil(tokenizer):
+    """The corrupted list holds the same words in the same places except that the target (a common word not yet
+    named) and the foil (a word seen once) trade counts; the answer already names three other common words."""
+    for p in get_behaviours("common_words")[0].pairs(tokenizer, 512, 3, seed=0):
+        clean, corrupt = (re.findall(r"\d+\. (\S+)", tokenizer.decode(ids).split("Question:")[0])
+                          for ids in (p.clean, p.corrupt))
+        changed = [i for i, (a, b) in enumerate(zip(clean, corrupt)) if a != b]
+        (target,), (foil,) = {clean[i] for i in changed}, {corrupt[i] for i in changed}
+        assert len(clean) == len(corrupt) and target.startswith(tokenizer.decode([p.target]).strip())
+        assert foil.startswith(tokenizer.decode([p.foil]).strip())
+        assert clean.count(target) == corrupt.count(foil) >= 2 and clean.count(foil) == corrupt.count(target) == 1
+        named = re.findall(r"\d+\. (\S+)", tokenizer.decode(p.clean).split("most often in the list are:")[1])
+        assert len(named) == 3 and target not in named and all(clean.count(w) >= 2 for w in named)
 
 
 def test_unknown_behaviour_is_a_clear_error():

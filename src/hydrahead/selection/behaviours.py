@@ -238,13 +238,58 @@ class NoRepeat(Behaviour):
                              f"{length} (the listings change the token count under this tokenizer)")
 
 
+class CommonWords(Behaviour):
+    """cwe, its answer begun: three of the ten common words are listed, and the model must name another. The
+    corrupted list trades counts between a common word not yet named (the target, four times in the clean list)
+    and a word seen once (the foil): three of the target's entries hold the foil, so the foil is the common one.
+    Only the counts tell the two apart, so the heads this finds are the ones that carry how often a word was
+    seen; the hybrids that keep the other skills lose cwe (docs/transfer.md)."""
+
+    name = "common_words"
+    description = "cwe, three common words listed; the corrupted list gives a common word's count to a word seen once"
+    LISTING = 3  # common words already named in the answer
+    LISTING_TOKENS: ClassVar[int] = 24  # " 1. w 2. w 3. w 4." at a few tokens a word, on top of the sample
+    ENTRY = re.compile(r"(\d+)\. (\S+)")
+
+    def pairs(self, tokenizer, length: int, num_pairs: int, seed: int = 0) -> list[Pair]:
+        rng = random.Random(f"{self.name}-{length}-{seed}")
+        out: list[Pair] = []
+        for sample in generate("cwe", tokenizer, length - self.LISTING_TOKENS, 3 * num_pairs, seed=seed):
+            words = [m.group(2) for m in self.ENTRY.finditer(sample.input)]
+            *listed, target = rng.sample(sample.outputs, self.LISTING + 1)
+            # a foil of the target's token count keeps the two lists aligned position by position
+            width = len(_encode(tokenizer, f" {target}"))
+            once = [w for w in set(words) if words.count(w) == 1 and len(_encode(tokenizer, f" {w}")) == width]
+            if not once or words.count(target) < 2:
+                continue
+            foil = rng.choice(sorted(once))
+            kept = rng.randrange(words.count(target))  # the one entry of the target the corrupted list keeps
+            seen = iter(range(len(words)))
+
+            def trade(m: re.Match) -> str:
+                if m.group(2) != target:
+                    return m.group(0)
+                return m.group(0) if next(seen) == kept else f"{m.group(1)}. {foil}"
+
+            corrupted = self.ENTRY.sub(trade, sample.input)
+            listing = " " + " ".join(f"{i + 1}. {w}" for i, w in enumerate(listed)) + f" {self.LISTING + 1}."
+            pair = text_pair(tokenizer, sample.prompt() + listing, corrupted + sample.answer_prefix + listing,
+                             f" {target}", f" {foil}")
+            if pair is not None and len(pair.clean) <= length:
+                out.append(pair)
+            if len(out) == num_pairs:
+                return out
+        raise SelectionError(f"behaviour 'common_words': only {len(out)} of {num_pairs} pairs could be built at "
+                             f"length {length} (the traded words change the token count under this tokenizer)")
+
+
 def _word_like(rng: random.Random, like: str) -> str:
     """A fresh key ("adj-noun") or 7-digit number, of the same kind as `like`."""
     return random_value(rng, "numbers") if like[0].isdigit() else random_key(rng)
 
 
 BEHAVIOURS: dict[str, type[Behaviour]] = {cls.name: cls for cls in (Retrieval, MultiKey, Induction, VariableTracking,
-                                                                 NoRepeat)}
+                                                                 NoRepeat, CommonWords)}
 
 
 def get_behaviours(spec: str | list[str]) -> list[Behaviour]:
