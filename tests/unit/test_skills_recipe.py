@@ -127,6 +127,38 @@ def test_the_goal_is_met_only_when_every_task_is(recipe):
     assert text.splitlines()[-1] == "goal not met: 5 of 6 rows"
 
 
+def native_only(full: dict) -> dict:
+    """The row measured again at 512 only (as --remeasure --factors 1 writes it)."""
+    return dict(full, records=[r for r in full["records"] if r["length"] == 512], factors=[1])
+
+
+def test_the_goal_reads_the_reach_from_other_rows_when_its_rows_stop_at_512(recipe):
+    teacher = native_only(row(recipe, "original", 0, 0.8))
+    ours = [native_only(row(recipe, "nope_logscale", s, 0.8, "4x")) for s in (0, 1)]
+    with pytest.raises(SystemExit, match=r"seed\(s\) \[0, 1\] have no niah_single_1 @8192.*--reach_rows"):
+        recipe.goal([teacher, *ours], "nope_logscale@4x", "full")
+    far = [row(recipe, "nope_logscale", 0, 1.0, "4x"), row(recipe, "nope_logscale", 1, 0.9, "4x")]
+    table = goal_rows(recipe.goal([teacher, *ours], "nope_logscale@4x", "full", reach=far))
+    assert table[("niah_single_1", "8192")][2:] == ["seeds: 100, 90", "not met"]  # seed 1's far row, not its own
+    assert table[("vt", "512")][2:] == ["100%", "met"]
+    with pytest.raises(SystemExit, match=r"no niah_single_1 @8192 for nope_logscale@4x seed\(s\) \[1\]"):
+        recipe.goal([teacher, *ours], "nope_logscale@4x", "full", reach=far[:1])
+
+
+def test_remeasure_refuses_before_loading_anything_when_a_model_is_missing(recipe, tmp_path, monkeypatch):
+    monkeypatch.setattr(recipe, "load_causal_lm", lambda path: (_ for _ in ()).throw(AssertionError("loaded")))
+    base = ["skills_recipe.py", "--out", str(tmp_path), "--budget", "4x", "--remeasure"]
+    monkeypatch.setattr("sys.argv", [*base, "--only", "nope_logscale"])
+    with pytest.raises(SystemExit, match="--remeasure needs --rows"):
+        recipe.main()
+    monkeypatch.setattr("sys.argv", [*base, "--rows", str(tmp_path / "rows"), "--only", "original,nope_logscale"])
+    with pytest.raises(SystemExit, match="no finished model for nope_logscale at --budget 4x --seed 0"):
+        recipe.main()
+    monkeypatch.setattr("sys.argv", [*base, "--rows", str(tmp_path / "rows"), "--only", "original", "--factors", "1,x"])
+    with pytest.raises(SystemExit, match="--factors: comma-separated"):
+        recipe.main()
+
+
 def test_a_redefined_variant_never_resumes_its_old_folder(recipe, tmp_path, monkeypatch):
     from hydrahead.transfer.config import TransferError
 
