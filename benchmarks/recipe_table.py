@@ -114,7 +114,7 @@ def plot(curves: dict, native: int, path: Path) -> Path:
     from hydrahead.plots import _pyplot, _save, length_axis
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(7, 5))
     lengths = [native * f for f in FACTORS]
     for heading, points in curves.items():
         mean = [p[0] for p in points]
@@ -122,7 +122,7 @@ def plot(curves: dict, native: int, path: Path) -> Path:
         ax.fill_between(lengths, [p[1] for p in points], [p[2] for p in points], alpha=0.15)
     length_axis(ax, lengths, native)
     ax.set_ylabel(f"mean of {len(TASKS.split(','))} tasks (score)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))  # below the axes: no curve is hidden
     return _save(fig, path)
 
 
