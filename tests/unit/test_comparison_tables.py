@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 
 import pytest
 
@@ -136,3 +138,14 @@ def test_only_the_variants_that_need_head_scores_ask_for_them(comparison):
         else:
             plan = variant.plan(None, shape)
             assert plan is None if name == "original" else plan.shape == shape
+
+
+def test_the_comparison_trains_with_the_budget_its_rows_in_git_were_measured_with(comparison):
+    """The rows in git were measured at the pipeline's defaults of 2026-12-02; a later change of those defaults
+    must not change the budget of the rows still to be measured (check_settings would then refuse the rows)."""
+    from hydrahead.transfer.pipeline import PipelineConfig
+
+    cfg = PipelineConfig(teacher="models/hydrahead-teacher-8l", behaviours=list(comparison.COMPARISON_BEHAVIOURS),
+                         **comparison.COMPARISON_BUDGET)
+    kept = json.loads((Path(__file__).parents[2] / "benchmarks/rows/comparison-8l/budget.json").read_text())
+    assert comparison.budget_of(cfg) == kept
