@@ -34,7 +34,7 @@ from hydrahead.evaluation import evaluate
 from hydrahead.jsonfile import write_json_atomic
 from hydrahead.models import load_causal_lm, load_model
 from hydrahead.selection import ScoreConfig, Scores, make_plan, score_heads
-from hydrahead.transfer.config import GOAL_REACH_SCORE, GOAL_SHARE_OF_TEACHER, SKILLS_MIXTURE
+from hydrahead.transfer.config import GOAL_REACH_SCORE, GOAL_SHARE_OF_TEACHER, SKILLS_CWE_MIXTURE, SKILLS_MIXTURE
 from hydrahead.transfer.pipeline import PipelineConfig, check_settings, train_hybrid
 
 TASKS = "niah_single_1,niah_multikey_1,niah_multivalue,vt"
@@ -45,11 +45,9 @@ STUDY_BEHAVIOURS = ("retrieval", "multikey", "induction")
 # of that default leaves these variants' rows valid)
 NO_REPEAT_BEHAVIOURS = (*STUDY_BEHAVIOURS, "no_repeat")
 BUDGETS = {"quick": (20, 30, 10), "full": (100, 200, 50), "2x": (200, 400, 100), "4x": (400, 800, 200)}
-# the skills mixture with cwe (and its few-shot form) drawn twice as often again, taken from the tasks the hybrids
-# keep at 100 (niah_single_1, passkey) or that the goal does not read (niah_multiquery, niah_multikey_3): cwe is
-# the one task the mixture with the no_repeat heads left short of the goal at 4x (25.5 against 25.65 needed)
-CWE_MIXTURE = {**SKILLS_MIXTURE, "niah_single_1": 0.05, "passkey": 0.01, "niah_multiquery": 0.04,
-               "niah_multikey_3": 0.02, "cwe": 0.16, "cwe_fewshot": 0.04}
+# the skills mixture with cwe drawn twice as often again (the pipeline's named mixture "skills-cwe"): cwe is the one
+# task the mixture with the no_repeat heads left short of the goal at 4x (25.5 against 25.65 needed)
+CWE_MIXTURE = SKILLS_CWE_MIXTURE
 
 
 class Recipe(NamedTuple):

@@ -622,7 +622,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"align: weight of the per-head MSE against the original heads {pipeline_default('head_weight')}")
     pp.add_argument(*flag("distill_mixture"), choices=list(DISTILL_MIXTURES),
                     help="distill: the data mixture; corpus is the teacher's own, skills doubles niah_multivalue, vt "
-                         f"and cwe {pipeline_default('distill_mixture')}")
+                         "and cwe, skills-cwe draws cwe twice as often again "
+                         f"{pipeline_default('distill_mixture')}")
     pp.add_argument(*flag("limit"), type=int,
                     help=f"evaluation samples per task and length {pipeline_default('limit')}")
     pp.add_argument(*flag("seed"), type=int, help=f"seed of the training data and evaluation {pipeline_default('seed')}")

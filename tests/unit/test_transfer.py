@@ -417,7 +417,7 @@ def test_the_pipeline_asks_distill_and_long_for_activation_checkpointing(tmp_pat
     assert seen == {"align": False, "distill": True, "long": True}
 
 
-@pytest.mark.parametrize("name", ["corpus", "skills"])
+@pytest.mark.parametrize("name", ["corpus", "skills", "skills-cwe"])
 def test_the_pipeline_gives_its_distill_mixture_to_the_distill_stage_only(tmp_path, monkeypatch, name):
     from hydrahead.transfer.config import DISTILL_MIXTURES, SKILLS_MIXTURE
     from hydrahead.transfer.pipeline import PipelineConfig, train_hybrid
@@ -425,11 +425,12 @@ def test_the_pipeline_gives_its_distill_mixture_to_the_distill_stage_only(tmp_pa
     seen = record_stages(monkeypatch, "mixture")
     train_hybrid(PipelineConfig(distill_mixture=name), tmp_path / "plan.json", tmp_path / "run", 256, progress=False)
     assert seen == {"align": None, "distill": DISTILL_MIXTURES[name], "long": None}  # None: the corpus mixture
-    assert DISTILL_MIXTURES["skills"] is SKILLS_MIXTURE and abs(sum(SKILLS_MIXTURE.values()) - 1) < 1e-9
+    assert DISTILL_MIXTURES["skills"] is SKILLS_MIXTURE
+    assert all(abs(sum(m.values()) - 1) < 1e-9 for m in DISTILL_MIXTURES.values() if m is not None)
 
 
 @pytest.mark.parametrize("setting, message", [
-    ({"distill_mixture": "skill"}, "unknown mixture 'skill'; mixtures are corpus, skills"),
+    ({"distill_mixture": "skill"}, "unknown mixture 'skill'; mixtures are corpus, skills, skills-cwe"),
     ({"align_steps": 0}, "align_steps must be at least 1, got 0"),
     ({"long_factor": 0}, "long_factor must be at least 1, got 0"),
     ({"limit": -1}, "limit must be at least 1, got -1"),

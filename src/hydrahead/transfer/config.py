@@ -19,7 +19,13 @@ MICRO_BATCH = 4  # sequences per forward when micro_batch is not given (or the l
 SKILLS_MIXTURE = {"niah_single_1": 0.10, "niah_multikey_1": 0.12, "niah_multikey_2": 0.06, "niah_multikey_3": 0.03,
                   "niah_multivalue": 0.20, "niah_multiquery": 0.06, "vt": 0.20, "vt_zeroshot": 0.08, "cwe": 0.08,
                   "cwe_fewshot": 0.02, "fwe": 0.02, "passkey": 0.03}
-DISTILL_MIXTURES: dict[str, dict[str, float] | None] = {"corpus": None, "skills": SKILLS_MIXTURE}
+# "skills-cwe": the skills mixture with cwe (and its few-shot form) drawn twice as often again, taken from the tasks
+# the hybrids keep at 100 (niah_single_1, passkey) or that the goal does not read (niah_multiquery, niah_multikey_3);
+# cwe is the skill the skills mixture left shortest of the teacher (benchmarks/rows/skills, RULE-cwe-weighted-4x.md)
+SKILLS_CWE_MIXTURE = {**SKILLS_MIXTURE, "niah_single_1": 0.05, "passkey": 0.01, "niah_multiquery": 0.04,
+                      "niah_multikey_3": 0.02, "cwe": 0.16, "cwe_fewshot": 0.04}
+DISTILL_MIXTURES: dict[str, dict[str, float] | None] = {"corpus": None, "skills": SKILLS_MIXTURE,
+                                                        "skills-cwe": SKILLS_CWE_MIXTURE}
 # The bar a conversion recipe is measured against (issue 15; benchmarks/skills_recipe.py --goal and
 # transfer_comparison.py's task table): this % of the teacher's native-length score on every task, while
 # niah_single_1 stays at this score or more at 16x the native length.
