@@ -23,13 +23,13 @@ def finished_align(out: Path, tag: str) -> Path:
 
 def test_a_variant_that_differs_after_align_takes_a_copy_of_the_finished_align(recipe, tmp_path):
     finished_align(tmp_path, "nope_logscale__full__s1")
-    source = recipe.share_align(tmp_path, "nope_logscale + skills mixture", "full", 1)
-    assert source == tmp_path / "nope_logscale__full__s1" / "align"
+    source = recipe.share_stages(tmp_path, "nope_logscale + skills mixture", "full", 1)
+    assert source == tmp_path / "nope_logscale__full__s1"
     copy = tmp_path / "nope_logscale+skills_mixture__full__s1"
     assert json.loads((copy / "align" / "summary.json").read_text()) == {"steps": 100}
-    assert str(source) in (copy / "ALIGN_SHARED.txt").read_text()
-    assert not (copy / "align.partial").exists()
-    assert recipe.share_align(tmp_path, "nope_logscale + skills mixture", "full", 1) is None  # already there
+    assert str(source / "align") in (copy / "ALIGN_SHARED.txt").read_text()
+    assert not (copy / "align.partial").exists() and not (copy / "distill").exists()  # distill mixtures differ
+    assert recipe.share_stages(tmp_path, "nope_logscale + skills mixture", "full", 1) is None  # already there
 
 
 @pytest.mark.parametrize("name, budget, seed", [
@@ -42,7 +42,7 @@ def test_a_variant_that_differs_after_align_takes_a_copy_of_the_finished_align(r
 ])
 def test_no_copy_from_a_stage_trained_another_way(recipe, tmp_path, name, budget, seed):
     finished_align(tmp_path, "nope_logscale__full__s1")
-    assert recipe.share_align(tmp_path, name, budget, seed) is None
+    assert recipe.share_stages(tmp_path, name, budget, seed) is None
     assert not (tmp_path / recipe.run_tag(name, budget, seed) / "align").exists()
 
 
@@ -50,16 +50,28 @@ def test_the_cwe_weighted_mixture_shares_the_align_of_the_mixture_with_the_same_
     # same plan (no_repeat heads), options and align settings; only the distill mixture differs
     finished_align(tmp_path, "nope_logscale+skills_mixture+no_repeat_heads__4x__s1")
     name = "nope_logscale + cwe-weighted mixture + no_repeat heads"
-    assert recipe.share_align(tmp_path, name, "4x", 1) == (
-        tmp_path / "nope_logscale+skills_mixture+no_repeat_heads__4x__s1" / "align")
-    assert recipe.share_align(tmp_path, name, "4x", 0) is None  # the other seed's align is not there
+    assert recipe.share_stages(tmp_path, name, "4x", 1) == tmp_path / "nope_logscale+skills_mixture+no_repeat_heads__4x__s1"
+    assert recipe.share_stages(tmp_path, name, "4x", 0) is None  # the other seed's align is not there
     assert abs(sum(recipe.CWE_MIXTURE.values()) - 1) < 1e-9
     assert recipe.CWE_MIXTURE["cwe"] == 2 * recipe.SKILLS_MIXTURE["cwe"]
 
 
+def test_a_variant_that_differs_only_in_its_long_stage_takes_align_and_distill(recipe, tmp_path):
+    name = "nope_logscale + cwe-weighted mixture in distill and long + no_repeat heads"
+    mixture_only = finished_align(tmp_path, "nope_logscale+skills_mixture+no_repeat_heads__4x__s0").parent
+    cwe = finished_align(tmp_path, "nope_logscale+cwe-weighted_mixture+no_repeat_heads__4x__s0").parent
+    (cwe / "distill" / "model").mkdir(parents=True)
+    (cwe / "distill" / "model" / "config.json").write_text('{"distill": 1}')
+    assert recipe.share_stages(tmp_path, name, "4x", 0) == cwe  # two stages alike beat one
+    copy = tmp_path / recipe.run_tag(name, "4x", 0)
+    assert json.loads((copy / "distill" / "model" / "config.json").read_text()) == {"distill": 1}
+    assert str(cwe / "distill") in (copy / "DISTILL_SHARED.txt").read_text() and (copy / "align").exists()
+    assert not (copy / "long").exists() and mixture_only.exists()
+
+
 def test_no_copy_from_an_align_stage_still_training(recipe, tmp_path):
     (tmp_path / "nope_logscale__full__s0" / "align" / "checkpoint").mkdir(parents=True)  # no model yet
-    assert recipe.share_align(tmp_path, "nope_logscale + skills mixture", "full", 0) is None
+    assert recipe.share_stages(tmp_path, "nope_logscale + skills mixture", "full", 0) is None
 
 
 def row(recipe, variant: str, seed: int, value: float, budget: str = "full", n: int = 4) -> dict:
@@ -166,7 +178,7 @@ def test_a_redefined_variant_never_resumes_its_old_folder(recipe, tmp_path, monk
 
     teacher = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=512))
     monkeypatch.setattr(recipe, "load_causal_lm", lambda path: (teacher, None))
-    monkeypatch.setattr(recipe, "share_align", lambda *a: (_ for _ in ()).throw(RuntimeError("checked")))
+    monkeypatch.setattr(recipe, "share_stages", lambda *a: (_ for _ in ()).throw(RuntimeError("checked")))
     argv = ["skills_recipe.py", "--out", str(tmp_path), "--budget", "quick", "--only", "nope_logscale"]
     monkeypatch.setattr("sys.argv", argv)
     with pytest.raises(RuntimeError, match="checked"):  # the folder's recipe noted, then on to the training
