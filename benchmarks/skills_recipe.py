@@ -206,7 +206,8 @@ def main() -> None:
             align, distill, long = BUDGETS[args.budget]
             # the corpus mixture unless the variant says otherwise, whatever the pipeline's default becomes
             run_cfg = PipelineConfig(teacher=args.teacher, out=str(folder), seed=args.seed, align_steps=align,
-                                     distill_steps=distill, long_steps=long, distill_mixture="corpus")
+                                     distill_steps=distill, long_steps=long, distill_mixture="corpus",
+                                     long_mixture="corpus")
             model = load_model(train_hybrid(run_cfg, plan, folder, native, options, progress=False,
                                             stage_settings=stage_settings))
         trained = time.perf_counter() - start

@@ -95,7 +95,8 @@ EQUAL_KV = "head-wise equal-KV interp"
 COMPARISON_BEHAVIOURS = ("retrieval", "multikey", "induction")
 # The training budget and distill data of every row, for the same reason: the pipeline's defaults until they are
 # changed by a recipe rule (benchmarks/rows/skills), named here so that such a change leaves these rows valid
-COMPARISON_BUDGET = {"align_steps": 100, "distill_steps": 200, "long_steps": 50, "distill_mixture": "corpus"}
+COMPARISON_BUDGET = {"align_steps": 100, "distill_steps": 200, "long_steps": 50, "distill_mixture": "corpus",
+                     "long_mixture": "corpus"}
 
 
 @dataclass

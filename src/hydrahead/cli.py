@@ -323,7 +323,8 @@ def _pipeline(args) -> int:
 
     settings = {k: getattr(args, k) for k in ("teacher", "out", "ratio", "granularity", "limit", "seed",
                                               "align_steps", "distill_steps", "long_steps", "fa_position",
-                                              "head_weight", "distill_mixture", "activation_checkpointing")}
+                                              "head_weight", "distill_mixture", "long_mixture",
+                                              "activation_checkpointing")}
     settings = {k: v for k, v in settings.items() if v is not None}
     if args.behaviours:
         settings["behaviours"] = [b.strip() for b in args.behaviours.split(",") if b.strip()]
@@ -624,6 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="distill: the data mixture; corpus is the teacher's own, skills doubles niah_multivalue, vt "
                          "and cwe, skills-cwe draws cwe twice as often again "
                          f"{pipeline_default('distill_mixture')}")
+    pp.add_argument(*flag("long_mixture"), choices=list(DISTILL_MIXTURES),
+                    help=f"long: the data mixture, one of the same {pipeline_default('long_mixture')}")
     pp.add_argument(*flag("limit"), type=int,
                     help=f"evaluation samples per task and length {pipeline_default('limit')}")
     pp.add_argument(*flag("seed"), type=int, help=f"seed of the training data and evaluation {pipeline_default('seed')}")

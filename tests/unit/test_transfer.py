@@ -429,8 +429,19 @@ def test_the_pipeline_gives_its_distill_mixture_to_the_distill_stage_only(tmp_pa
     assert all(abs(sum(m.values()) - 1) < 1e-9 for m in DISTILL_MIXTURES.values() if m is not None)
 
 
+def test_the_pipeline_gives_its_long_mixture_to_the_long_stage(tmp_path, monkeypatch):
+    from hydrahead.transfer.config import SKILLS_CWE_MIXTURE, SKILLS_MIXTURE
+    from hydrahead.transfer.pipeline import PipelineConfig, train_hybrid
+
+    seen = record_stages(monkeypatch, "mixture")
+    train_hybrid(PipelineConfig(distill_mixture="skills", long_mixture="skills-cwe"), tmp_path / "plan.json",
+                 tmp_path / "run", 256, progress=False)
+    assert seen == {"align": None, "distill": SKILLS_MIXTURE, "long": SKILLS_CWE_MIXTURE}
+
+
 @pytest.mark.parametrize("setting, message", [
     ({"distill_mixture": "skill"}, "unknown mixture 'skill'; mixtures are corpus, skills, skills-cwe"),
+    ({"long_mixture": "cwe"}, "long_mixture: unknown mixture 'cwe'; mixtures are corpus, skills, skills-cwe"),
     ({"align_steps": 0}, "align_steps must be at least 1, got 0"),
     ({"long_factor": 0}, "long_factor must be at least 1, got 0"),
     ({"limit": -1}, "limit must be at least 1, got -1"),
@@ -487,3 +498,10 @@ def test_a_pipeline_folder_is_never_reused_with_other_settings(tmp_path):
     assert not (old / "settings.json").exists()
     check_run_folder(PipelineConfig(out=str(old), behaviours=["retrieval", "multikey", "induction"]))
     assert json.loads((old / "settings.json").read_text())["behaviours"] == ["retrieval", "multikey", "induction"]
+    # a folder noted before long_mixture existed was made with the corpus mixture in its long stage
+    noted = json.loads((out / "settings.json").read_text())
+    del noted["long_mixture"]
+    (out / "settings.json").write_text(json.dumps(noted))
+    check_run_folder(PipelineConfig(out=str(out)))
+    with pytest.raises(TransferError, match=r"other settings .*'long_mixture': \('corpus', 'skills'\)"):
+        check_run_folder(PipelineConfig(out=str(out), long_mixture="skills"))

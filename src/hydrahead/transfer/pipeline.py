@@ -30,6 +30,7 @@ class PipelineConfig:
     fa_position: str = "nope_logscale"  # the FA heads' positions (HybridOptions.fa_position): nope_logscale | rope | rope_clamped
     head_weight: float = 0.0  # align: weight of the per-head MSE against the original heads (0: layer MSE only)
     distill_mixture: str = "corpus"  # distill: the data mixture, a name of transfer.config.DISTILL_MIXTURES
+    long_mixture: str = "corpus"  # long: the data mixture (a name of DISTILL_MIXTURES too)
     batch_size: int = 8
     activation_checkpointing: bool = False  # distill and long: recompute each layer in the backward pass (memory)
     lr: float = 1e-3
@@ -41,9 +42,10 @@ class PipelineConfig:
     def __post_init__(self):
         # refused when the config is made: a bad setting found after the head scores (minutes) or a stage (hours)
         # would waste them. fa_position is checked by HybridOptions at the start of run_pipeline (it imports torch).
-        if self.distill_mixture not in DISTILL_MIXTURES:
-            raise TransferError(f"distill_mixture: unknown mixture {self.distill_mixture!r}; "
-                                f"mixtures are {', '.join(DISTILL_MIXTURES)}")
+        for name in ("distill_mixture", "long_mixture"):
+            if getattr(self, name) not in DISTILL_MIXTURES:
+                raise TransferError(f"{name}: unknown mixture {getattr(self, name)!r}; "
+                                    f"mixtures are {', '.join(DISTILL_MIXTURES)}")
         for name in ("align_steps", "distill_steps", "long_steps", "long_factor", "batch_size", "limit"):
             if getattr(self, name) < 1:
                 raise TransferError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -61,18 +63,23 @@ class PipelineConfig:
 
 # What shapes a pipeline run's scores and models: a --out made with one set is never reused with another.
 SETTINGS = ("teacher", "ratio", "granularity", "behaviours", "num_pairs", "align_steps", "distill_steps", "long_steps",
-            "long_factor", "batch_size", "lr", "fa_position", "head_weight", "distill_mixture", "seed")
+            "long_factor", "batch_size", "lr", "fa_position", "head_weight", "distill_mixture", "long_mixture", "seed")
+# settings added since folders began to note theirs, with the value every earlier run had: an older folder that does
+# not name one was made with this value
+SETTINGS_BEFORE_NOTED = {"long_mixture": "corpus"}
 
 
-def check_settings(folder: str | Path, settings: dict, flag: str = "--out", file: str = "settings.json") -> None:
+def check_settings(folder: str | Path, settings: dict, flag: str = "--out", file: str = "settings.json",
+                   before_noted: dict | None = None) -> None:
     """A folder of runs holds runs of one set of settings: noted in `file` when the folder is new, and a later run
-    with other settings is refused (naming what differs) instead of reusing what was trained for the old ones."""
+    with other settings is refused (naming what differs) instead of reusing what was trained for the old ones.
+    `before_noted`: settings that older notes lack, with the value those runs were made with."""
     from ..jsonfile import write_json_atomic
 
     path = Path(folder) / file
     new = json.loads(json.dumps(settings))  # tuples as lists, as read back
     if path.exists():
-        old = json.loads(path.read_text())
+        old = {**(before_noted or {}), **json.loads(path.read_text())}
         if old != new:
             diff = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
             raise TransferError(f"{folder} holds runs made with other settings (old, new): {diff}; "
@@ -92,7 +99,7 @@ def check_run_folder(cfg: PipelineConfig) -> None:
         if made is not None and list(made) != list(cfg.behaviours):
             raise TransferError(f"{out} holds head scores of the behaviours {','.join(made)}, not "
                                 f"{','.join(cfg.behaviours)}; use another --out, or --behaviours {','.join(made)}")
-    check_settings(out, {k: getattr(cfg, k) for k in SETTINGS})
+    check_settings(out, {k: getattr(cfg, k) for k in SETTINGS}, before_noted=SETTINGS_BEFORE_NOTED)
 
 
 # what `hydrahead pipeline --quick` changes
@@ -190,7 +197,9 @@ def train_hybrid(cfg: PipelineConfig, plan: str | Path, out: Path, native: int, 
     stages = [("align", cfg.align_steps, native, {"plan": str(plan), "options": options or {}}),
               ("distill", cfg.distill_steps, native, {"init": str(out / "align" / "model"),
                                                       "mixture": DISTILL_MIXTURES[cfg.distill_mixture], **recompute}),
-              ("long", cfg.long_steps, native * cfg.long_factor, {"init": str(out / "distill" / "model"), **recompute})]
+              ("long", cfg.long_steps, native * cfg.long_factor, {"init": str(out / "distill" / "model"),
+                                                                  "mixture": DISTILL_MIXTURES[cfg.long_mixture],
+                                                                  **recompute})]
     for stage, steps, seq_len, source in stages:
         if (out / stage / "model" / "config.json").exists():
             continue
@@ -330,7 +339,7 @@ def _report(cfg: PipelineConfig, plan, evals: dict, timings: dict, native: int, 
              f"(original {plan.full_kv_bytes_per_token()}). Stages: align {cfg.align_steps}, distill "
              f"{cfg.distill_steps}, long {cfg.long_steps} steps at {cfg.long_factor}x native ({native}) length, "
              f"{cfg.batch_size} sequences per step; FA heads {cfg.fa_position}, align head_weight {cfg.head_weight:g}, "
-             f"distill mixture {cfg.distill_mixture}.")
+             f"distill mixture {cfg.distill_mixture}, long mixture {cfg.long_mixture}.")
     lines = [f"# HydraHead pipeline on {cfg.teacher}", ""]
     lines += [f"> **Warning.** {text}\n" for text in doubts(evals, native)]
     lines += [setup, "",
