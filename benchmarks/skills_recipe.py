@@ -212,14 +212,20 @@ def main() -> None:
                                             stage_settings=stage_settings))
         trained = time.perf_counter() - start
         records = measure(model, tokenizer, native, args.limit, factors)
-        row = {"variant": name, "teacher": args.teacher, "budget": args.budget, "seed": args.seed, "limit": args.limit,
-               "train_minutes": round(trained / 60, 1), "total_minutes": round((time.perf_counter() - start) / 60, 1),
-               "load_at_start": round(load, 2), "load_at_end": round(os.getloadavg()[0], 2), "records": records}
+        row = measured_row(name, args, records, trained, start, load)
         write_json_atomic(folder / "row.json", row)
         if kept:
             write_json_atomic(kept, row)
         print(f"{tag}: {row['total_minutes']} min; " + render_row(row, native), flush=True)
     print(render(load_rows(out, rows_dir)))
+
+
+def measured_row(name: str, args, records: list[dict], trained: float, start: float, load: float, **extra) -> dict:
+    """A row as kept: the variant, its budget and seed, its per-sample records, and how long it took at what load."""
+    return {"variant": name, "teacher": args.teacher, "budget": args.budget, "seed": args.seed, "limit": args.limit,
+            **extra, "train_minutes": round(trained / 60, 1),
+            "total_minutes": round((time.perf_counter() - start) / 60, 1), "load_at_start": round(load, 2),
+            "load_at_end": round(os.getloadavg()[0], 2), "records": records}
 
 
 def parse_factors(spec: str) -> tuple[int, ...]:
@@ -244,10 +250,7 @@ def remeasure(names: list[str], out: Path, rows_dir: Path, teacher, tokenizer, n
         start, load = time.perf_counter(), os.getloadavg()[0]
         model = teacher if name == "original" else load_model(out / tag / "long" / "model")
         records = measure(model, tokenizer, native, args.limit, factors)
-        row = {"variant": name, "teacher": args.teacher, "budget": args.budget, "seed": args.seed, "limit": args.limit,
-               "factors": list(factors), "remeasured": True, "train_minutes": 0.0,
-               "total_minutes": round((time.perf_counter() - start) / 60, 1), "load_at_start": round(load, 2),
-               "load_at_end": round(os.getloadavg()[0], 2), "records": records}
+        row = measured_row(name, args, records, 0.0, start, load, factors=list(factors), remeasured=True)
         write_json_atomic(kept, row)
         print(f"{tag}: {row['total_minutes']} min; " + render_row(row, native), flush=True)
     print(render(load_rows(out, rows_dir)))

@@ -12,9 +12,12 @@ behaviours build ids directly (`build`).
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 import string
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -221,21 +224,18 @@ class NoRepeat(Behaviour):
     LISTING_TOKENS: ClassVar[int] = 32  # ", ".join of two 7-digit values, at worst a token per character
 
     def pairs(self, tokenizer, length: int, num_pairs: int, seed: int = 0) -> list[Pair]:
+        return first_pairs(self._candidates(tokenizer, length, num_pairs, seed), num_pairs, length, self.name,
+                           "the listings change the token count under this tokenizer")
+
+    def _candidates(self, tokenizer, length: int, num_pairs: int, seed: int) -> Iterator[Pair | None]:
         rng = random.Random(f"{self.name}-{length}-{seed}")
-        out: list[Pair] = []
         # the two listed values and the answer's shared first tokens come on top of the sample
         for sample in generate("niah_multivalue", tokenizer, length - self.LISTING_TOKENS, 3 * num_pairs, seed=seed):
             first, said, left, *_ = rng.sample(sample.outputs, len(sample.outputs))
             if len({v[0] for v in (said, left)}) < 2:  # the answers must part at their first digit
                 continue
             clean, corrupt = f" {first}, {said},", f" {first}, {left},"
-            pair = text_pair(tokenizer, sample.prompt() + clean, sample.prompt() + corrupt, f" {left}", f" {said}")
-            if pair is not None and len(pair.clean) <= length:
-                out.append(pair)
-            if len(out) == num_pairs:
-                return out
-        raise SelectionError(f"behaviour 'no_repeat': only {len(out)} of {num_pairs} pairs could be built at length "
-                             f"{length} (the listings change the token count under this tokenizer)")
+            yield text_pair(tokenizer, sample.prompt() + clean, sample.prompt() + corrupt, f" {left}", f" {said}")
 
 
 class CommonWords(Behaviour):
@@ -252,35 +252,44 @@ class CommonWords(Behaviour):
     ENTRY = re.compile(r"(\d+)\. (\S+)")
 
     def pairs(self, tokenizer, length: int, num_pairs: int, seed: int = 0) -> list[Pair]:
+        return first_pairs(self._candidates(tokenizer, length, num_pairs, seed), num_pairs, length, self.name,
+                           "the traded words change the token count under this tokenizer")
+
+    def _candidates(self, tokenizer, length: int, num_pairs: int, seed: int) -> Iterator[Pair | None]:
         rng = random.Random(f"{self.name}-{length}-{seed}")
-        out: list[Pair] = []
         for sample in generate("cwe", tokenizer, length - self.LISTING_TOKENS, 3 * num_pairs, seed=seed):
-            words = [m.group(2) for m in self.ENTRY.finditer(sample.input)]
+            counts = Counter(m.group(2) for m in self.ENTRY.finditer(sample.input))
             *listed, target = rng.sample(sample.outputs, self.LISTING + 1)
             # a foil of the target's token count keeps the two lists aligned position by position
             width = len(_encode(tokenizer, f" {target}"))
-            once = [w for w in set(words) if words.count(w) == 1 and len(_encode(tokenizer, f" {w}")) == width]
-            if not once or words.count(target) < 2:
+            once = sorted(w for w, n in counts.items() if n == 1 and len(_encode(tokenizer, f" {w}")) == width)
+            if not once or counts[target] < 2:
                 continue
-            foil = rng.choice(sorted(once))
-            kept = rng.randrange(words.count(target))  # the one entry of the target the corrupted list keeps
-            seen = iter(range(len(words)))
+            foil = rng.choice(once)
+            kept = rng.randrange(counts[target])  # the one entry of the target the corrupted list keeps
+            seen = itertools.count()  # the target's entries, in order
 
             def trade(m: re.Match) -> str:
-                if m.group(2) != target:
+                if m.group(2) != target or next(seen) == kept:
                     return m.group(0)
-                return m.group(0) if next(seen) == kept else f"{m.group(1)}. {foil}"
+                return f"{m.group(1)}. {foil}"
 
             corrupted = self.ENTRY.sub(trade, sample.input)
             listing = " " + " ".join(f"{i + 1}. {w}" for i, w in enumerate(listed)) + f" {self.LISTING + 1}."
-            pair = text_pair(tokenizer, sample.prompt() + listing, corrupted + sample.answer_prefix + listing,
-                             f" {target}", f" {foil}")
-            if pair is not None and len(pair.clean) <= length:
-                out.append(pair)
+            yield text_pair(tokenizer, sample.prompt() + listing, corrupted + sample.answer_prefix + listing,
+                            f" {target}", f" {foil}")
+
+
+def first_pairs(candidates: Iterable[Pair | None], num_pairs: int, length: int, name: str, why: str) -> list[Pair]:
+    """The first `num_pairs` candidates that were built (not None) and fit in `length` tokens, or a clear error."""
+    out: list[Pair] = []
+    for pair in candidates:
+        if pair is not None and len(pair.clean) <= length:
+            out.append(pair)
             if len(out) == num_pairs:
                 return out
-        raise SelectionError(f"behaviour 'common_words': only {len(out)} of {num_pairs} pairs could be built at "
-                             f"length {length} (the traded words change the token count under this tokenizer)")
+    raise SelectionError(f"behaviour {name!r}: only {len(out)} of {num_pairs} pairs could be built at length {length} "
+                         f"({why})")
 
 
 def _word_like(rng: random.Random, like: str) -> str:
