@@ -9,7 +9,7 @@ model's scores as ROWS/<run>.json with the model's digest (a retrained run is re
 pools its training seeds (every seed's cell resampled on its own: 95% stratified bootstrap over samples).
 
     OMP_NUM_THREADS=1 python benchmarks/recipe_table.py --out /work/longruns/skills \\
-        --recipe "nope_logscale + skills mixture + no_repeat heads@4x" \\
+        --recipe "nope_logscale + cwe-weighted mixture in distill and long + no_repeat heads@4x" \\
         --controls "all FA (RoPE) + skills mixture@4x" --seeds 0,1 --plot docs/recipe_table.png
     python benchmarks/recipe_table.py --render ...   # the same table from the rows, evaluating nothing
 """
@@ -21,7 +21,7 @@ import json
 import random
 from pathlib import Path
 
-from skills_recipe import TASKS, VARIANTS, cells, measure, parse_side, reach_verdict, run_tag, share_verdict
+from skills_recipe import PIPELINE_DEFAULT, TASKS, VARIANTS, cells, measure, parse_side, reach_verdict, run_tag, share_verdict
 
 from hydrahead.intervals import mean_of_groups, stratified_bootstrap
 from hydrahead.jsonfile import write_json_atomic
@@ -131,7 +131,8 @@ def main() -> None:
     ap.add_argument("--teacher", default="models/hydrahead-teacher-3m")
     ap.add_argument("--out", default="runs/skills", help="skills_recipe.py's run folders")
     ap.add_argument("--rows", default="benchmarks/rows/recipe", help="each model's scores, one JSON per run (git)")
-    ap.add_argument("--recipe", default="nope_logscale + skills mixture + no_repeat heads@4x", help="NAME@BUDGET")
+    ap.add_argument("--recipe", default=PIPELINE_DEFAULT,
+                    help="NAME@BUDGET (default: the variant the pipeline's defaults train)")
     ap.add_argument("--controls", default="all FA (RoPE) + skills mixture@4x",
                     help="comma-separated NAME@BUDGET, trained alike without GDN heads ('' for none)")
     ap.add_argument("--seeds", default="0,1", help="training seeds of the recipe and the controls")

@@ -49,6 +49,8 @@ BUDGETS = {"quick": (20, 30, 10), "full": (100, 200, 50), "2x": (200, 400, 100),
 # the skills mixture with cwe drawn twice as often again (the pipeline's named mixture "skills-cwe"): cwe is the one
 # task the mixture with the no_repeat heads left short of the goal at 4x (25.5 against 25.65 needed)
 CWE_MIXTURE = SKILLS_CWE_MIXTURE
+# the variant the pipeline's defaults train (PipelineConfig), made so by rows/skills-native100/RULE-long-stage-mixture.md
+PIPELINE_DEFAULT = "nope_logscale + cwe-weighted mixture in distill and long + no_repeat heads@4x"
 
 
 class Recipe(NamedTuple):

@@ -188,3 +188,18 @@ def test_a_redefined_variant_never_resumes_its_old_folder(recipe, tmp_path, monk
     monkeypatch.setitem(recipe.VARIANTS, "nope_logscale", recipe.Recipe({"fa_position": "rope"}, {}))
     with pytest.raises(TransferError, match="other settings .*'recipe'.*use another --out"):
         recipe.main()
+
+
+def test_the_pipeline_default_trains_the_recipe_whose_rows_met_the_goal(recipe):
+    # the rule (benchmarks/rows/skills-native100/RULE-long-stage-mixture.md) made this variant the default: the
+    # pipeline's defaults must train what its rows measured, or the README's figures describe another model
+    from hydrahead.transfer.config import DISTILL_MIXTURES
+    from hydrahead.transfer.pipeline import PipelineConfig
+
+    name, budget = recipe.parse_side(recipe.PIPELINE_DEFAULT, "full", "PIPELINE_DEFAULT")
+    variant, cfg = recipe.VARIANTS[name], PipelineConfig()
+    assert (cfg.align_steps, cfg.distill_steps, cfg.long_steps) == recipe.BUDGETS[budget]
+    for stage in ("distill", "long"):
+        assert DISTILL_MIXTURES[getattr(cfg, f"{stage}_mixture")] == variant.settings[stage]["mixture"]
+    assert tuple(cfg.behaviours) == variant.behaviours and cfg.fa_position == variant.options["fa_position"]
+    assert cfg.head_weight == 0 and "align" not in variant.settings and not variant.all_fa

@@ -423,7 +423,8 @@ def test_the_pipeline_gives_its_distill_mixture_to_the_distill_stage_only(tmp_pa
     from hydrahead.transfer.pipeline import PipelineConfig, train_hybrid
 
     seen = record_stages(monkeypatch, "mixture")
-    train_hybrid(PipelineConfig(distill_mixture=name), tmp_path / "plan.json", tmp_path / "run", 256, progress=False)
+    train_hybrid(PipelineConfig(distill_mixture=name, long_mixture="corpus"), tmp_path / "plan.json",
+                 tmp_path / "run", 256, progress=False)
     assert seen == {"align": None, "distill": DISTILL_MIXTURES[name], "long": None}  # None: the corpus mixture
     assert DISTILL_MIXTURES["skills"] is SKILLS_MIXTURE
     assert all(abs(sum(m.values()) - 1) < 1e-9 for m in DISTILL_MIXTURES.values() if m is not None)
@@ -486,8 +487,8 @@ def test_a_pipeline_folder_is_never_reused_with_other_settings(tmp_path):
     out = tmp_path / "run"
     check_run_folder(PipelineConfig(out=str(out)))  # a new folder: its settings noted
     check_run_folder(PipelineConfig(out=str(out)))  # the same: reused
-    with pytest.raises(TransferError, match=r"other settings .*'distill_steps': \(200, 800\).*another --out"):
-        check_run_folder(PipelineConfig(out=str(out), distill_steps=800))
+    with pytest.raises(TransferError, match=r"other settings .*'distill_steps': \(800, 200\).*another --out"):
+        check_run_folder(PipelineConfig(out=str(out), distill_steps=200))
     # a folder made before settings were noted, with head scores of the old default behaviours
     old = tmp_path / "old"
     old.mkdir()
@@ -502,6 +503,9 @@ def test_a_pipeline_folder_is_never_reused_with_other_settings(tmp_path):
     noted = json.loads((out / "settings.json").read_text())
     del noted["long_mixture"]
     (out / "settings.json").write_text(json.dumps(noted))
-    check_run_folder(PipelineConfig(out=str(out)))
+    check_run_folder(PipelineConfig(out=str(out), long_mixture="corpus"))
+    with pytest.raises(TransferError, match=r"other settings .*'long_mixture': \('corpus', 'skills-cwe'\)"):
+        check_run_folder(PipelineConfig(out=str(out)))  # today's default long mixture
     with pytest.raises(TransferError, match=r"other settings .*'long_mixture': \('corpus', 'skills'\)"):
         check_run_folder(PipelineConfig(out=str(out), long_mixture="skills"))
+

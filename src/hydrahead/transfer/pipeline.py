@@ -23,14 +23,16 @@ class PipelineConfig:
     granularity: str = "query"
     behaviours: list[str] = field(default_factory=lambda: list(DEFAULT_BEHAVIOURS))  # that pick the FA heads
     num_pairs: int = 8
-    align_steps: int = 100
-    distill_steps: int = 200
-    long_steps: int = 50
+    # the recipe that met issue 15's goal (benchmarks/rows/skills-native100/RULE-long-stage-mixture.md): 4x the
+    # earlier 100/200/50 steps, the cwe-weighted skills mixture in the distill and long stages
+    align_steps: int = 400
+    distill_steps: int = 800
+    long_steps: int = 200
     long_factor: int = 2  # stage 3 trains at this multiple of the native length
     fa_position: str = "nope_logscale"  # the FA heads' positions (HybridOptions.fa_position): nope_logscale | rope | rope_clamped
     head_weight: float = 0.0  # align: weight of the per-head MSE against the original heads (0: layer MSE only)
-    distill_mixture: str = "corpus"  # distill: the data mixture, a name of transfer.config.DISTILL_MIXTURES
-    long_mixture: str = "corpus"  # long: the data mixture (a name of DISTILL_MIXTURES too)
+    distill_mixture: str = "skills-cwe"  # distill: the data mixture, a name of transfer.config.DISTILL_MIXTURES
+    long_mixture: str = "skills-cwe"  # long: the data mixture (a name of DISTILL_MIXTURES too)
     batch_size: int = 8
     activation_checkpointing: bool = False  # distill and long: recompute each layer in the backward pass (memory)
     lr: float = 1e-3
