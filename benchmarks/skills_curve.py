@@ -98,7 +98,9 @@ def plot(curves: dict[str, list[dict]], teacher: dict | None, native: int, path:
         ax.set_ylabel("score (%)")
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    # below both panels: a legend inside an axis hides the curves near the teacher's line
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)

@@ -104,6 +104,16 @@ def test_compare_pairs_the_seeds_both_sides_have(recipe):
         recipe.compare(rows, "nope_logscale + skills mixture@2x", "nope_logscale", budget="full")
 
 
+def test_compare_reads_only_the_columns_both_sides_have(recipe):
+    # rows measured again at the native length alone (--remeasure --factors 1) have no 8192 columns
+    native = [{**r, "records": [x for x in r["records"] if x["length"] == 512]}
+              for r in (row(recipe, "nope_logscale", 0, 0.5), row(recipe, "rope", 0, 0.25))]
+    lines = recipe.compare(native, "nope_logscale", "rope", budget="full").splitlines()
+    assert not any("@8192" in line for line in lines)
+    mean = next(line for line in lines if line.startswith("| mean of 5 tasks @512 |"))
+    assert "+25.0 [+25.0, +25.0]" in mean
+
+
 def goal_rows(text: str) -> dict[tuple[str, str], list[str]]:
     out = {}
     for line in text.splitlines():
