@@ -58,6 +58,18 @@ def weights(model_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(Path(model_dir) / "model.safetensors"))
 
 
+def assert_trained_alike(two: dict[str, torch.Tensor], one: dict[str, torch.Tensor], lr: float = 3e-3) -> None:
+    """Two trainings of the same steps on the same batches, summed in another order (processes, threads): equal to
+    float precision, except where Adam turns a last-bit difference in a near-zero gradient (a rare token's tied
+    embedding row) into a visible step. Those few elements still differ by well under lr, where a real fault (a
+    shard not trained, gradients not averaged, another batch) moves most elements by about lr."""
+    for k in one:
+        diff = (two[k] - one[k]).abs()
+        off = diff > 2e-5 + 1e-4 * one[k].abs()
+        assert int(off.sum()) <= max(1, off.numel() // 10_000), f"{k}: {int(off.sum())} of {off.numel()} differ"
+        assert float(diff.max()) < 0.1 * lr, f"{k}: differs by {float(diff.max()):.2e}, lr is {lr}"
+
+
 def test_packed_batches_are_full_deterministic_and_shardable():
     tokenizer = load_tokenizer(TEACHER)
     a = packed_batch(tokenizer, seed=0, step=3, seq_len=128, rows=4)
@@ -304,8 +316,7 @@ def test_two_processes_with_torchrun_equal_one_process(tiny, torchrun_models, st
     align freezes all but the attention, distill trains everything (tied embeddings included)."""
     one = weights(train_stage(config_for(tiny, f"one-{stage}", stage=stage, steps=3), progress=False))
     two = weights(torchrun_models[f"{stage}-{parallel}"])
-    for k in one:
-        torch.testing.assert_close(two[k], one[k], atol=2e-5, rtol=1e-4)
+    assert_trained_alike(two, one)
 
 
 def test_a_second_stage_in_the_same_torchrun_launch_starts_from_the_first_ones_model(tiny, torchrun_models):
@@ -315,8 +326,7 @@ def test_a_second_stage_in_the_same_torchrun_launch_starts_from_the_first_ones_m
     one = weights(train_stage(config_for(tiny, "one-chain", stage="distill", steps=3, plan=None, init=str(align)),
                               progress=False))
     two = weights(torchrun_models["chain"])
-    for k in one:
-        torch.testing.assert_close(two[k], one[k], atol=2e-5, rtol=1e-4)
+    assert_trained_alike(two, one)
 
 
 def _head_loss(teacher, student, ids, head_weight=1.0):
