@@ -21,7 +21,8 @@ import json
 import random
 from pathlib import Path
 
-from skills_recipe import PIPELINE_DEFAULT, TASKS, VARIANTS, cells, measure, parse_side, reach_verdict, run_tag, share_verdict
+from skills_recipe import (PIPELINE_DEFAULT, TASKS, VARIANTS, cells, measure, parse_side, reach_verdict, run_tag,
+                           share_verdict)
 
 from hydrahead.intervals import mean_of_groups, stratified_bootstrap
 from hydrahead.jsonfile import write_json_atomic

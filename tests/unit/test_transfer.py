@@ -518,4 +518,3 @@ def test_a_pipeline_folder_is_never_reused_with_other_settings(tmp_path):
         check_run_folder(PipelineConfig(out=str(out)))  # today's default long mixture
     with pytest.raises(TransferError, match=r"other settings .*'long_mixture': \('corpus', 'skills'\)"):
         check_run_folder(PipelineConfig(out=str(out), long_mixture="skills"))
-
