@@ -121,15 +121,16 @@ def main() -> None:
     teacher, tokenizer = load_causal_lm(args.teacher)
     native = int(teacher.config.max_position_embeddings)
     curves = {run.name: curve(run, teacher, tokenizer, native) for run in runs}
-    print(f"| run | stage | steps | mean of 5 tasks @{native} | niah_single_1 @{16 * native} |")
-    print("|---|---|---:|---:|---:|")
-    for name, points in curves.items():
-        for p in points:
-            s = summary(p["records"], native)
-            cell = {k: f"{v[0]:.0f} [{v[1]:.0f}-{v[2]:.0f}]" for k, v in s.items()}
-            print(f"| {name} | {p['stage']} | {p['steps']} | {cell['native']} | {cell['far']} |")
     original = out / "original" / "row.json"
     teacher_row = json.loads(original.read_text()) if original.exists() else None
+    print(f"| run | stage | steps | mean of 5 tasks @{native} | niah_single_1 @{16 * native} |")
+    print("|---|---|---:|---:|---:|")
+    points = [(name, p["stage"], p["steps"], p["records"]) for name, pts in curves.items() for p in pts]
+    if teacher_row:  # the dashed line of the plot
+        points.append(("teacher", "-", "-", teacher_row["records"]))
+    for name, stage, steps, records in points:
+        cell = {k: f"{v[0]:.1f} [{v[1]:.1f}-{v[2]:.1f}]" for k, v in summary(records, native).items()}
+        print(f"| {name} | {stage} | {steps} | {cell['native']} | {cell['far']} |")
     if args.plot:
         plot(curves, teacher_row, native, Path(args.plot))
         print(f"plot: {args.plot}")

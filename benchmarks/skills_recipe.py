@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+import torch
+
 from hydrahead.evaluation import evaluate
 from hydrahead.jsonfile import write_json_atomic
 from hydrahead.models import load_causal_lm, load_model
@@ -226,8 +228,6 @@ def measured_row(name: str, args, records: list[dict], trained: float, start: fl
     """A row as kept: the variant, its budget and seed, its per-sample records, and how long it took at what load.
     The thread count is kept because two trainings of one variant and seed have not always been bit-identical
     (the 2026-12-03 retrainings differ from the first in 21 and 28 of 180 samples) and it is a suspect."""
-    import torch
-
     return {"variant": name, "teacher": args.teacher, "budget": args.budget, "seed": args.seed, "limit": args.limit,
             **extra, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "train_minutes": round(trained / 60, 1),

@@ -567,8 +567,9 @@ def render_tasks(rows: dict, groups: dict, lengths: list[int]) -> str:
     if "original" not in names or not any(n.startswith(INTERP) for n in names):
         return "(the task-by-task table needs the original and the head-wise 7:1 interp rows)"
     original, recipe = columns[0][1], next(m for n, m in columns if n.startswith(INTERP))
-    lines = [f"Task by task: {INTERP} (the comparison's budget, COMPARISON_BUDGET; the pipeline's defaults since "
-             f"2026-12-03 train 4x the steps) against the teacher and the controls "
+    budget = "/".join(str(COMPARISON_BUDGET[f"{s}_steps"]) for s in ("align", "distill", "long"))
+    lines = [f"Task by task: {INTERP} (the comparison's budget: align/distill/long {budget} steps, not the "
+             f"pipeline's defaults) against the teacher and the controls "
              f"without GDN heads; the goal is {GOAL_SHARE_OF_TEACHER:g}% of the teacher's score at {native} on "
              f"every task and niah_single_1 >= {GOAL_REACH_SCORE:g} at {keys[-1]}.", "",
              "| task | length | " + " | ".join(names) + " | recipe / teacher | goal |",

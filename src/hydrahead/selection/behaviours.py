@@ -107,23 +107,16 @@ class TaskBehaviour(Behaviour):
         raise NotImplementedError
 
     def pairs(self, tokenizer, length: int, num_pairs: int, seed: int = 0) -> list[Pair]:
-        samples = generate(self.task, tokenizer, length, 3 * num_pairs, seed=seed)
+        return first_pairs(self._candidates(tokenizer, length, num_pairs, seed), num_pairs, length, self.name,
+                           "the corruption changes the token count under this tokenizer")
+
+    def _candidates(self, tokenizer, length: int, num_pairs: int, seed: int) -> Iterator[Pair | None]:
         rng = random.Random(f"{self.name}-{length}-{seed}")
-        out: list[Pair] = []
-        for s in samples:
+        for s in generate(self.task, tokenizer, length, 3 * num_pairs, seed=seed):
             made = self.corrupt(s, rng)
-            if made is None:
-                continue
-            corrupt_input, clean_answer, corrupt_answer = made
-            pair = text_pair(tokenizer, s.prompt(), corrupt_input + s.answer_prefix, clean_answer, corrupt_answer)
-            if pair is not None:
-                out.append(pair)
-            if len(out) == num_pairs:
-                return out
-        raise SelectionError(
-            f"behaviour {self.name!r}: only {len(out)} of {num_pairs} pairs could be built at length {length} "
-            "(the corruption changes the token count under this tokenizer)"
-        )
+            if made is not None:
+                corrupt_input, clean_answer, corrupt_answer = made
+                yield text_pair(tokenizer, s.prompt(), corrupt_input + s.answer_prefix, clean_answer, corrupt_answer)
 
 
 def _other_number(rng: random.Random, value: str) -> str:
