@@ -4,7 +4,10 @@ A score table's cell is a mean over samples, often over several cells of samples
 its 95% interval is a percentile bootstrap over the samples, resampled within each cell so that every cell
 keeps its weight. Two variants evaluated on the same samples (same tasks, lengths, evaluation seed) are
 compared by a paired bootstrap: the per-sample differences are resampled, which removes the samples' own
-difficulty from the noise. A claim is then decided from the difference's interval:
+difficulty from the noise. Where a side is a group of runs that differ by more than their samples do (random
+plans: one may hold the retrieval heads and the next none), the interval must also cover which runs were drawn:
+`paired_comparison_over_runs` resamples the runs of each side, then the samples. A claim is then decided
+from the difference's interval:
 
 - "beats" (A > B): confirmed if the whole interval is above 0, refuted if it is below 0, else undecided;
 - "matches" (A is not worse than B by more than `margin` points): confirmed if the whole interval is at or
@@ -81,6 +84,40 @@ def paired_comparison(a: list[list[float]], b: list[list[float]], rule: str, mar
     lo, hi = stratified_bootstrap(diffs, rng or random.Random(0), n)
     return Comparison(mean_of_groups(a), mean_of_groups(b), mean_of_groups(diffs), lo, hi, rule, margin,
                       decide(lo, hi, rule, margin))
+
+
+def paired_comparison_over_runs(a: list[list[list[float]]], b: list[list[list[float]]], rule: str,
+                                margin: float = 0.0, rng: random.Random | None = None,
+                                n: int = RESAMPLES) -> Comparison:
+    """A against B where each side is several runs (training seeds, random plans) on the same samples: `a[r]`
+    is run r's cells of per-sample scores. Two-level bootstrap: each resample draws the runs of each side with
+    replacement, then each cell's samples with replacement (the same samples for every run, so it stays paired),
+    and takes mean over cells of (A's drawn runs' mean - B's drawn runs' mean). With few runs the percentile
+    interval over them is itself rough (4 runs give 35 distinct draws), but it is no longer an interval that
+    assumes the runs drawn are the only ones there could be."""
+    runs = a + b
+    if not a or not b or any(len(r) != len(runs[0]) for r in runs) or any(
+            len(x) != len(y) or not x for r in runs for x, y in zip(r, runs[0])):
+        raise HydraheadError(
+            f"a comparison over runs needs runs on both sides with the same non-empty cells of samples; got "
+            f"{len(a)} and {len(b)} runs with cell sizes {[[len(c) for c in r] for r in runs]}")
+    decide(0.0, 0.0, rule, margin)
+    rng = rng or random.Random(0)
+    sizes = [len(c) for c in a[0]]
+    means = []
+    for _ in range(n):
+        ra, rb = rng.choices(a, k=len(a)), rng.choices(b, k=len(b))
+        total = 0.0
+        for cell, size in enumerate(sizes):
+            picks = rng.choices(range(size), k=size)
+            total += sum(sum(r[cell][i] for r in ra) / len(ra) - sum(r[cell][i] for r in rb) / len(rb)
+                         for i in picks) / size
+        means.append(total / len(sizes))
+    means.sort()
+    lo, hi = means[int(0.025 * n)], means[int(0.975 * n) - 1]
+    mean_a = mean_of_groups([[sum(xs) / len(a) for xs in zip(*cells)] for cells in zip(*a)])
+    mean_b = mean_of_groups([[sum(xs) / len(b) for xs in zip(*cells)] for cells in zip(*b)])
+    return Comparison(mean_a, mean_b, mean_a - mean_b, lo, hi, rule, margin, decide(lo, hi, rule, margin))
 
 
 def combine(verdicts: list[str]) -> str:

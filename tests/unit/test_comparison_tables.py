@@ -149,3 +149,24 @@ def test_the_comparison_trains_with_the_budget_its_rows_in_git_were_measured_wit
                          **comparison.COMPARISON_BUDGET)
     kept = json.loads((Path(__file__).parents[2] / "benchmarks/rows/comparison-8l/budget.json").read_text())
     assert comparison.budget_of(cfg) == kept
+
+
+def test_claim_b_against_random_plans_resamples_the_plans(comparison):
+    # interp retrieves; of four random plans one retrieves as well as interp and three collapse. Over the samples
+    # alone the pooled plans lose clearly; drawn again, the plans could be the one that retrieves.
+    def retrieving(score):
+        return row({512: score, 1024: score}, {512: score, 1024: score}, cwe=10, n=8)
+    rows = {comparison.INTERP: retrieving(80), "head-wise 7:1 random (seed 0)": retrieving(80),
+            **{f"head-wise 7:1 random (seed {s})": retrieving(0) for s in (1, 2, 3)}}
+    groups = {name: comparison.RANDOM for name in rows if "random" in name}
+    (b,) = [v for v in comparison.decide_claims(rows, groups, LENGTHS, margin=5) if v["claim"] == "(b) vs random"]
+    runs, samples = b["parts"][0], b["parts"][1]
+    assert (runs["deciding"], samples["deciding"]) == (True, False) and (runs["n_a"], runs["n_b"]) == (1, 4)
+    assert samples["verdict"] == "confirmed" and samples["result"].diff == pytest.approx(60.0)
+    # every sample of a cell scores alike, so the plans drawn are the only noise: of 4 drawn with replacement, k retrieve
+    # (binomial, p = 1/4) and A - B = 80 - 20 k. k >= 3 has probability 5%, k = 0 32%: the 95% interval is [20, 80]
+    assert (runs["result"].lo, runs["result"].hi) == (pytest.approx(20.0), pytest.approx(80.0))
+    assert (samples["result"].lo, samples["result"].hi) == (pytest.approx(60.0), pytest.approx(60.0))
+    assert b["verdict"] == runs["verdict"]
+    assert "plans and samples resampled" in comparison.render_verdicts(comparison.decide_claims(
+        rows, groups, LENGTHS, margin=5), margin=5)

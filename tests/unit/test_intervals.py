@@ -7,7 +7,7 @@ import random
 import pytest
 
 from hydrahead.errors import HydraheadError
-from hydrahead.intervals import combine, decide, paired_comparison, stratified_bootstrap
+from hydrahead.intervals import combine, decide, paired_comparison, paired_comparison_over_runs, stratified_bootstrap
 
 
 def cells(seed: int, shift: float = 0.0, cells: int = 4, per_cell: int = 20) -> list[list[float]]:
@@ -64,3 +64,38 @@ def test_bad_input_and_combining_verdicts():
     assert combine(["confirmed", "undecided"]) == "undecided"
     assert combine(["confirmed", "refuted"]) == "refuted"
     assert combine([]) == "undecided"
+
+
+def test_resampling_the_runs_covers_runs_that_differ_more_than_their_samples():
+    # A: two training seeds that retrieve; B: four random plans, two retrieve as A does and two collapse
+    a = [cells(2, shift=20), cells(3, shift=20)]
+    good, bad = cells(4, shift=20), [[0.0] * 20 for _ in range(4)]
+    b = [good, bad, cells(5, shift=20), bad]
+    pooled_b = [[sum(xs) / 4 for xs in zip(*c)] for c in zip(*b)]
+    pooled_a = [[sum(xs) / 2 for xs in zip(*c)] for c in zip(*a)]
+    over_samples = paired_comparison(pooled_a, pooled_b, "beats")
+    over_runs = paired_comparison_over_runs(a, b, "beats")
+    # the same means, but only the runs' draw sees that B might have been four plans that retrieve
+    assert over_runs.diff == pytest.approx(over_samples.diff) and over_runs.a == pytest.approx(over_samples.a)
+    assert over_samples.verdict == "confirmed"
+    assert over_runs.verdict == "undecided" and over_runs.lo <= 0 < over_runs.hi
+    assert over_runs.hi - over_runs.lo > 3 * (over_samples.hi - over_samples.lo)
+    # every plan collapses: the difference holds whichever plans are drawn
+    assert paired_comparison_over_runs(a, [bad, bad, bad], "beats").verdict == "confirmed"
+
+
+def test_with_one_run_a_side_it_is_the_paired_bootstrap():
+    a, b = cells(6, shift=5), cells(7)
+    one = paired_comparison_over_runs([a], [b], "beats")
+    plain = paired_comparison(a, b, "beats")
+    assert (one.a, one.b, one.diff) == pytest.approx((plain.a, plain.b, plain.diff))
+    assert one.lo == pytest.approx(plain.lo, abs=1.0) and one.hi == pytest.approx(plain.hi, abs=1.0)
+
+
+def test_runs_must_hold_the_same_cells():
+    with pytest.raises(HydraheadError, match="runs on both sides"):
+        paired_comparison_over_runs([cells(0)], [], "beats")
+    with pytest.raises(HydraheadError, match="same non-empty cells"):
+        paired_comparison_over_runs([cells(0)], [cells(1, per_cell=10)], "beats")
+    with pytest.raises(HydraheadError, match="unknown rule"):
+        paired_comparison_over_runs([cells(0)], [cells(1)], "wins")
