@@ -598,7 +598,7 @@ def render_tasks(rows: dict, groups: dict, lengths: list[int]) -> str:
              f"pipeline's defaults) against the teacher and the controls "
              f"without GDN heads; the goal is {GOAL_SHARE_OF_TEACHER:g}% of the teacher's score at {native} on "
              f"every task and niah_single_1 >= {GOAL_REACH_SCORE:g} at {keys[-1]}.", "",
-             "| task | length | " + " | ".join(names) + " | recipe / teacher | goal |",
+             "| task | length | " + " | ".join(names) + " | interp / teacher | goal |",
              "|---|---:|" + "---:|" * len(names) + "---:|---|"]
     table_rows = [("retrieval", task, n) for task in recipe[0]["samples"]["retrieval"] for n in keys]
     table_rows += [("general", task, native) for task in recipe[0]["samples"]["general"]
