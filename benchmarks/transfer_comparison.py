@@ -13,7 +13,8 @@ the corpus mixture). Every plan is made from --teacher's own shape and head scor
   7:1 plans, each trained from seed 0; head-wise 7:1 by retrieval score;
 - controls: all GDN; all FA through the same three stages (NoPE + log-scale as the hybrids' FA heads, and
   RoPE kept: the training alone);
-- fusion ablations (concat, gate) on the interp 7:1 plan.
+- fusion ablations (concat, gate) on the interp 7:1 plan; concat, the one (d) is decided against, from
+  --train_seeds seeds as the main rows.
 
 Intervals: every cell is the mean score [95% percentile bootstrap interval] over its samples (2000
 resamples; a mean over several tasks or lengths is resampled within each task and length). The table shows
@@ -22,8 +23,11 @@ sample's score over the seeds (or plans) of a group, so the interval is over sam
 
 Verdicts on the paper's claims (a)-(d) as docs/transfer.md states them. Every variant is evaluated on the
 same samples (evaluation seed fixed), so A and B are compared by a paired bootstrap of the per-sample
-differences (resampled within each task and length), each side pooled over its training seeds (or random
-plans). From the 95% interval [lo, hi] of mean(A) - mean(B), in points:
+differences (resampled within each task and length), in two levels: each resample first draws each side's runs
+again (its training seeds, or its random plans), then the samples, so the interval covers which runs were
+trained as well as which samples were drawn (one random plan may hold the heads that retrieve and the next none;
+concat fusion lands within interp's seed spread). With one run a side it is the plain paired bootstrap. From the
+95% interval [lo, hi] of mean(A) - mean(B), in points:
 - "A beats B": confirmed if lo > 0, refuted if hi < 0, else undecided;
 - "A matches B" (A not worse by more than --margin, default 5 points): confirmed if lo >= -margin, refuted
   if hi < -margin, else undecided (the claim is that the cheaper design loses nothing; better is no refutation).
@@ -31,10 +35,9 @@ A claim made of several parts is confirmed if every part is, refuted if any part
 parts: (a) head-wise 7:1 interp matches layer-wise 3:1 on retrieval (4 tasks, all lengths) and beats it on
 the general metric (vt and cwe at native) - decided at equal ratio and, separately, with the equal-KV plan at
 equal KV bytes; (b) interp 7:1 beats the random 7:1 plans on retrieval, and, separately, beats the
-lowest-ranked plan (against the random plans the interval resamples the plans, then the samples: a plan that holds
-some of the heads interp ranks high retrieves, one that holds none collapses, so which plans were drawn is most of
-the noise); (c) interp 7:1 beats the original on niah_single_1 at the longest length; (d) interp 7:1
-(scale fusion) beats concat fusion on retrieval. Rows marked "also" are printed for reading, not deciding.
+lowest-ranked plan; (c) interp 7:1 beats the original on niah_single_1 at the longest length; (d) interp 7:1
+(scale fusion) beats concat fusion on retrieval. Rows marked "also" are printed for reading, not deciding; those
+that say "these plans only" or "these seeds only" keep each side's runs as they are and resample the samples alone.
 
 A last table shows head-wise 7:1 interp (the comparison's budget, pooled over its seeds) task by task
 at every length beside the teacher and the all-FA controls, with its share of the teacher's score at the native
@@ -91,6 +94,7 @@ ROW_FORMAT = 2  # rows of format 1 kept no per-sample scores: they are measured 
 
 # the groups the verdicts pool over (every training seed of a main row; every random plan)
 INTERP, LAYERWISE, RANDOM = "head-wise 7:1 interp", "layer-wise 3:1", "random 7:1"
+CONCAT = "head-wise 7:1 interp, concat fusion"
 EQUAL_KV = "head-wise equal-KV interp"
 # The behaviours whose scores pick the interp plans: the pipeline's default until 2026-12-02, when no_repeat joined
 # it. Both teachers' tables (and the 8-layer rows kept in git) were measured with these; the claims compare plans
@@ -156,7 +160,9 @@ def variants(random_seeds: int, train_seeds: int) -> dict[str, Variant]:
     main_row(LAYERWISE, layerwise_3to1, needs_scores=False)
     main_row(EQUAL_KV, equal_kv)
     out["all GDN"] = Variant(lambda scores, shape: HeadPlan.all_gdn(shape), needs_scores=False)
-    out["head-wise 7:1 interp, concat fusion"] = Variant(interp_7to1, {"fusion": "concat"})
+    # concat is the fusion (d) is decided against: after training it lands within interp's seed spread, so it
+    # gets training seeds of its own, as the main rows do
+    main_row(CONCAT, interp_7to1, {"fusion": "concat"})
     out["head-wise 7:1 interp, gate fusion"] = Variant(interp_7to1, {"fusion": "gate"})
     return out
 
@@ -421,7 +427,12 @@ def pooled(rows: list[dict], part: str, tasks: list[str] | None, lengths: list[s
     each = [cells(r, part, tasks, lengths) for r in rows]
     if not each or any(c is None for c in each):
         return None
-    return [[sum(xs) / len(xs) for xs in zip(*per_row)] for per_row in zip(*each)]
+    return average_runs(each)
+
+
+def average_runs(runs: list[list[list[float]]]) -> list[list[float]]:
+    """Each sample's score averaged over the runs, cell by cell."""
+    return [[sum(xs) / len(xs) for xs in zip(*per_run)] for per_run in zip(*runs)]
 
 
 def pooled_losses(rows: list[dict]) -> list[float]:
@@ -445,7 +456,9 @@ class Part(NamedTuple):
     at: str | None  # lengths: "all" | "native" | "max"
     rule: str  # "beats" | "matches"
     deciding: bool  # False: printed for reading ("also"), not deciding
-    resample: str = "samples"  # "runs": the runs of each side (plans, seeds) too, then the samples
+    # "runs": each side's runs (training seeds, random plans) drawn again, then the samples; "samples": the runs
+    # kept as they are (shown beside the first to say how much of the interval is which runs were drawn)
+    resample: str = "runs"
 
 
 # (claim, what it says, its parts)
@@ -460,11 +473,10 @@ CLAIMS = [
      [Part("retrieval, all lengths", EQUAL_KV, LAYERWISE, "retrieval", None, "all", "matches", True),
       Part("general: vt, cwe @native", EQUAL_KV, LAYERWISE, "general", None, "native", "beats", True)]),
     ("(b) vs random", "interpretability-chosen heads beat random ones",
-     [Part("retrieval, all lengths, plans and samples resampled", INTERP, RANDOM, "retrieval", None, "all", "beats",
-           True, "runs"),
-      Part("retrieval, all lengths, samples resampled", INTERP, RANDOM, "retrieval", None, "all", "beats", False),
-      Part("retrieval @native after align, plans and samples resampled", INTERP, RANDOM, "after_align", None,
-           "native", "beats", False, "runs")]),
+     [Part("retrieval, all lengths", INTERP, RANDOM, "retrieval", None, "all", "beats", True),
+      Part("retrieval, all lengths, these plans only (samples resampled)", INTERP, RANDOM, "retrieval", None, "all",
+           "beats", False, "samples"),
+      Part("retrieval @native after align", INTERP, RANDOM, "after_align", None, "native", "beats", False)]),
     ("(b) vs lowest", "interpretability-chosen heads beat the heads interp ranks last",
      [Part("retrieval, all lengths", INTERP, "head-wise 7:1 lowest-ranked", "retrieval", None, "all", "beats", True),
       Part("retrieval @native after align", INTERP, "head-wise 7:1 lowest-ranked", "after_align", None, "native",
@@ -474,37 +486,39 @@ CLAIMS = [
       Part("niah_single_1 @max vs all FA (RoPE) trained alike", INTERP, "all FA (RoPE), same three stages",
            "retrieval", ["niah_single_1"], "max", "beats", False)]),
     ("(d)", "scale fusion beats plain concatenation",
-     [Part("retrieval, all lengths", INTERP, "head-wise 7:1 interp, concat fusion", "retrieval", None, "all",
-           "beats", True),
-      Part("retrieval @native after align", INTERP, "head-wise 7:1 interp, concat fusion", "after_align", None,
-           "native", "beats", False)]),
+     [Part("retrieval, all lengths", INTERP, CONCAT, "retrieval", None, "all", "beats", True),
+      Part("retrieval, all lengths, these seeds only (samples resampled)", INTERP, CONCAT, "retrieval", None, "all",
+           "beats", False, "samples"),
+      Part("retrieval @native after align", INTERP, CONCAT, "after_align", None, "native", "beats", False)]),
 ]
 
 
+def run_cells(row: dict, part: str, tasks: list[str] | None, lengths: list[str]) -> list[list[float]] | None:
+    """One run's cells for a claim: scores, or the held-out losses negated (lower is better) as one cell."""
+    if part == "heldout_loss":
+        losses = row["samples"].get("heldout_loss")
+        return [[-x for x in losses]] if losses else None
+    return cells(row, part, tasks, lengths)
+
+
 def decide_claims(rows: dict, groups: dict, lengths: list[int], margin: float) -> list[dict]:
-    keys = {"all": [str(n) for n in lengths], "native": [str(lengths[0])], "max": [str(lengths[-1])]}
+    keys = {"all": [str(n) for n in lengths], "native": [str(lengths[0])], "max": [str(lengths[-1])], None: []}
     out = []
     for claim_name, text, parts in CLAIMS:
         results = []
         for label, a, b, part, tasks, at, rule, deciding, resample in parts:
             rows_a, rows_b = members(rows, groups, a), members(rows, groups, b)
+            runs_a = [run_cells(r, part, tasks, keys[at]) for r in rows_a]
+            runs_b = [run_cells(r, part, tasks, keys[at]) for r in rows_b]
             result = None
-            if part == "heldout_loss":  # one cell of sequences; lower is better, so it is compared negated
-                if rows_a and rows_b:
-                    la, lb = pooled_losses(rows_a), pooled_losses(rows_b)
-                    result = paired_comparison([[-x for x in la]], [[-x for x in lb]], rule, margin, random.Random(0))
-            elif resample == "runs":  # e.g. the random plans: they differ far more than their samples do
-                runs_a = [cells(r, part, tasks, keys[at]) for r in rows_a]
-                runs_b = [cells(r, part, tasks, keys[at]) for r in rows_b]
-                if runs_a and runs_b and all(runs_a + runs_b):
+            if runs_a and runs_b and all(runs_a + runs_b):
+                if resample == "runs":
                     result = paired_comparison_over_runs(runs_a, runs_b, rule, margin, random.Random(0))
-            else:
-                ca = pooled(rows_a, part, tasks, keys[at])
-                cb = pooled(rows_b, part, tasks, keys[at])
-                if ca and cb:
-                    result = paired_comparison(ca, cb, rule, margin, random.Random(0))
+                else:  # each side's runs averaged sample by sample and kept: only the samples are resampled
+                    result = paired_comparison(average_runs(runs_a), average_runs(runs_b), rule, margin,
+                                               random.Random(0))
             results.append({"label": label, "part": part, "a": a, "b": b, "n_a": len(rows_a), "n_b": len(rows_b),
-                            "rule": rule, "deciding": deciding, "result": result,
+                            "rule": rule, "deciding": deciding, "resample": resample, "result": result,
                             "verdict": result.verdict if result else "undecided (not measured)"})
         deciding = [p["verdict"] if p["result"] else "undecided" for p in results if p["deciding"]]
         out.append({"claim": claim_name, "text": text, "verdict": combine(deciding), "parts": results})
@@ -512,9 +526,9 @@ def decide_claims(rows: dict, groups: dict, lengths: list[int], margin: float) -
 
 
 def render_verdicts(verdicts: list[dict], margin: float) -> str:
-    lines = [f"Verdicts (paired bootstrap over samples, 95%; each side pooled over its training seeds or plans, or, "
-             f"where a part says 'plans and samples resampled', its plans drawn again too; 'matches': not worse by "
-             f"more than {margin:g} points; 'also' rows do not decide)",
+    lines = [f"Verdicts (95% paired bootstrap in two levels: each resample draws each side's runs again, its "
+             f"training seeds or random plans, then the samples; a part that says 'these ... only' keeps the runs "
+             f"as they are; 'matches': not worse by more than {margin:g} points; 'also' rows do not decide)",
              "", "| claim | verdict | part | A (n) | B (n) | mean A | mean B | A - B [95%] | rule | part verdict |",
              "|---|---|---|---|---|---:|---:|---|---|---|"]
     for v in verdicts:

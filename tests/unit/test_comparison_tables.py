@@ -168,5 +168,29 @@ def test_claim_b_against_random_plans_resamples_the_plans(comparison):
     assert (runs["result"].lo, runs["result"].hi) == (pytest.approx(20.0), pytest.approx(80.0))
     assert (samples["result"].lo, samples["result"].hi) == (pytest.approx(60.0), pytest.approx(60.0))
     assert b["verdict"] == runs["verdict"]
-    assert "plans and samples resampled" in comparison.render_verdicts(comparison.decide_claims(
+    assert (runs["resample"], samples["resample"]) == ("runs", "samples")
+    assert "these plans only (samples resampled)" in comparison.render_verdicts(comparison.decide_claims(
         rows, groups, LENGTHS, margin=5), margin=5)
+
+
+def test_claims_resample_the_training_seeds_too(comparison):
+    # interp's two seeds score 80 and 60, concat's one seed 65: pooled over the seeds interp is 5 points ahead on
+    # every sample, but a third seed of interp could score as its second did, so (d) is not confirmed
+    def scoring(score):
+        r = row({512: score, 1024: score}, {512: score, 1024: score}, cwe=10, n=8)
+        r["samples"]["heldout_loss"] = [1.0 - score / 100] * 8
+        return r
+    rows = {comparison.INTERP: scoring(80), f"{comparison.INTERP} (train seed 1)": scoring(60),
+            comparison.CONCAT: scoring(65), comparison.LAYERWISE: scoring(70)}
+    groups = {comparison.INTERP: comparison.INTERP, f"{comparison.INTERP} (train seed 1)": comparison.INTERP,
+              comparison.CONCAT: comparison.CONCAT, comparison.LAYERWISE: comparison.LAYERWISE}
+    verdicts = {v["claim"]: v for v in comparison.decide_claims(rows, groups, LENGTHS, margin=5)}
+    seeds, fixed = verdicts["(d)"]["parts"][0], verdicts["(d)"]["parts"][1]
+    assert fixed["result"].lo == pytest.approx(5.0) and fixed["verdict"] == "confirmed"
+    # interp drawn as seed 1 twice (a quarter of the resamples): 60 - 65 = -5
+    assert (seeds["result"].lo, seeds["result"].hi) == (pytest.approx(-5.0), pytest.approx(15.0))
+    assert verdicts["(d)"]["verdict"] == "undecided"
+    # the held-out loss (lower is better) is resampled over the seeds as well: 0.30 against 0.30, from 0.20 to 0.40
+    loss = verdicts["(a) equal ratio"]["parts"][2]
+    assert loss["part"] == "heldout_loss" and loss["result"].diff == pytest.approx(0.0, abs=1e-9)
+    assert (loss["result"].lo, loss["result"].hi) == (pytest.approx(-0.1), pytest.approx(0.1))
