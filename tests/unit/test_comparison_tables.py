@@ -163,7 +163,7 @@ def test_claim_b_against_random_plans_resamples_the_plans(comparison):
     runs, samples = b["parts"][0], b["parts"][1]
     assert (runs["deciding"], samples["deciding"]) == (True, False) and (runs["n_a"], runs["n_b"]) == (1, 4)
     assert samples["verdict"] == "confirmed" and samples["result"].diff == pytest.approx(60.0)
-    # every sample of a cell scores alike, so the plans drawn are the only noise: of 4 drawn with replacement, k retrieve
+    # every sample of a cell scores alike, so the plans drawn are the only noise: of 4 drawn again, k retrieve
     # (binomial, p = 1/4) and A - B = 80 - 20 k. k >= 3 has probability 5%, k = 0 32%: the 95% interval is [20, 80]
     assert (runs["result"].lo, runs["result"].hi) == (pytest.approx(20.0), pytest.approx(80.0))
     assert (samples["result"].lo, samples["result"].hi) == (pytest.approx(60.0), pytest.approx(60.0))
