@@ -76,8 +76,8 @@ import torch
 
 from hydrahead.atomic import final_of, new_results_dir
 from hydrahead.evaluation import evaluate
-from hydrahead.intervals import (Comparison, combine, mean_of_groups, paired_comparison, paired_comparison_over_runs,
-                                 stratified_bootstrap)
+from hydrahead.intervals import (Comparison, average_runs, combine, mean_of_groups, paired_comparison,
+                                 paired_comparison_over_runs, stratified_bootstrap)
 from hydrahead.jsonfile import write_json_atomic
 from hydrahead.models import load_causal_lm, load_model
 from hydrahead.plan import HeadPlan, ModelShape
@@ -430,16 +430,6 @@ def pooled(rows: list[dict], part: str, tasks: list[str] | None, lengths: list[s
     return average_runs(each)
 
 
-def average_runs(runs: list[list[list[float]]]) -> list[list[float]]:
-    """Each sample's score averaged over the runs, cell by cell."""
-    return [[sum(xs) / len(xs) for xs in zip(*per_run)] for per_run in zip(*runs)]
-
-
-def pooled_losses(rows: list[dict]) -> list[float]:
-    """Each held-out sequence's loss averaged over the rows."""
-    return [sum(xs) / len(xs) for xs in zip(*[r["samples"]["heldout_loss"] for r in rows])]
-
-
 def members(rows: dict, groups: dict, key: str) -> list[dict]:
     """The rows of a group (or the single row named `key`)."""
     return [r for name, r in rows.items() if groups.get(name) == key or name == key]
@@ -572,7 +562,7 @@ def render(rows: dict, groups: dict, lengths: list[int]) -> str:
     def line(name: str, members_: list[dict]) -> str:
         same = len({str(r["kv_bytes_per_token"]) for r in members_}) == 1
         kv = members_[0]["kv_bytes_per_token"] if same else "mixed"
-        losses = [pooled_losses(members_)]
+        losses = average_runs([[r["samples"]["heldout_loss"]] for r in members_])
         cells_ = [interval(pooled(members_, "after_align", None, [native]))]
         cells_ += [interval(pooled(members_, "retrieval", None, [n])) for n in keys]
         cells_ += [f"**{interval(pooled(members_, 'retrieval', None, keys))}**",

@@ -45,6 +45,12 @@ def mean_of_groups(groups: list[list[float]]) -> float:
     return sum(sum(g) / len(g) for g in groups) / len(groups)
 
 
+def average_runs(runs: list[list[list[float]]]) -> list[list[float]]:
+    """Several runs' cells of per-sample scores (the same samples in each) as one: each sample averaged over the
+    runs, cell by cell."""
+    return [[sum(xs) / len(xs) for xs in zip(*per_run)] for per_run in zip(*runs)]
+
+
 def decide(lo: float, hi: float, rule: str, margin: float = 0.0) -> str:
     """The verdict on "A beats B" or "A matches B" from the 95% interval [lo, hi] of mean(A) - mean(B)."""
     if rule == "beats":
@@ -103,20 +109,14 @@ def paired_comparison_over_runs(a: list[list[list[float]]], b: list[list[list[fl
             f"{len(a)} and {len(b)} runs with cell sizes {[[len(c) for c in r] for r in runs]}")
     decide(0.0, 0.0, rule, margin)
     rng = rng or random.Random(0)
-    sizes = [len(c) for c in a[0]]
     means = []
     for _ in range(n):
-        ra, rb = rng.choices(a, k=len(a)), rng.choices(b, k=len(b))
-        total = 0.0
-        for cell, size in enumerate(sizes):
-            picks = rng.choices(range(size), k=size)
-            total += sum(sum(r[cell][i] for r in ra) / len(ra) - sum(r[cell][i] for r in rb) / len(rb)
-                         for i in picks) / size
-        means.append(total / len(sizes))
+        drawn_a, drawn_b = average_runs(rng.choices(a, k=len(a))), average_runs(rng.choices(b, k=len(b)))
+        diffs = [[x - y for x, y in zip(ca, cb)] for ca, cb in zip(drawn_a, drawn_b)]
+        means.append(sum(sum(rng.choices(d, k=len(d))) / len(d) for d in diffs) / len(diffs))
     means.sort()
     lo, hi = means[int(0.025 * n)], means[int(0.975 * n) - 1]
-    mean_a = mean_of_groups([[sum(xs) / len(a) for xs in zip(*cells)] for cells in zip(*a)])
-    mean_b = mean_of_groups([[sum(xs) / len(b) for xs in zip(*cells)] for cells in zip(*b)])
+    mean_a, mean_b = mean_of_groups(average_runs(a)), mean_of_groups(average_runs(b))
     return Comparison(mean_a, mean_b, mean_a - mean_b, lo, hi, rule, margin, decide(lo, hi, rule, margin))
 
 
